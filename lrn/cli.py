@@ -1,0 +1,234 @@
+"""The `lrn` command line: Typer commands whose arguments are Hydra overrides.
+
+`lrn train` hands its arguments to Hydra's own entry point, so run directories, `-m` sweeps,
+launchers (submitit) and `hydra.*` overrides behave as in any Hydra app. Before that, every job of
+the sweep is composed and validated here, so a config mistake ends in one line and exit code 2
+before any model is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from omegaconf import DictConfig, OmegaConf
+
+from lrn.config import CONF_DIR, ConfigError, compose, to_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="RL fine-tuning (PPO) of language models on maths, with sampling for learnability.")
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--shell-completion"}
+log = logging.getLogger("lrn")
+
+
+@app.callback()
+def main() -> None:
+    """RL fine-tuning (PPO) of language models on maths, with sampling for learnability."""
+
+
+def fail(message: str) -> None:
+    """Print one line and exit with code 2 (bad input), never a traceback."""
+    typer.echo(f"lrn: error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def one_line(error: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep the lines that say what is wrong."""
+    options = getattr(error, "options", None)
+    missing = getattr(error, "missing_cfg_file", None)
+    if options and missing and "/" in missing:
+        group, name = missing.rsplit("/", 1)
+        return f"{group}={name}: no such option; available: {', '.join(sorted(options))}"
+    skip = ("full_key", "object_type", "reference_type", "config search path", "set the environment")
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.lower().startswith(skip) and not ln.startswith(("-", "provider"))]
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        lines.append(f"({one_line(cause)})")
+    return " ".join(lines) or type(error).__name__
+
+
+def normalise_args(args: list[str]) -> list[str]:
+    """Accept a bare `--cfg` as `--cfg job` (print the composed config)."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in ("--cfg", "-c") and (i + 1 == len(args) or args[i + 1] not in ("job", "hydra", "all")):
+            out.append("job")
+    return out
+
+
+def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job a (multi)run would launch."""
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def validate_jobs(args: list[str]) -> None:
+    """Compose and validate every job of the command; exit 2 on the first mistake."""
+    multirun = "-m" in args or "--multirun" in args
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        for job in sweep_jobs(overrides, multirun):
+            to_config(compose(job))
+    except ConfigError as e:
+        fail(str(e))
+    except Exception as e:  # noqa: BLE001 - Hydra's composition and override-parse errors
+        fail(one_line(e))
+
+
+def run_hydra(task_function, args: list[str], config_name: str = "config") -> None:
+    """Run ``task_function`` through Hydra's real entry point with ``args`` as the command line."""
+    import hydra
+
+    sys.argv = [sys.argv[0], *args]
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task_function)()
+
+
+def train_job(cfg: DictConfig) -> dict:
+    """One Hydra job: validate, prepare the run directory, train."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lrn.trainer import train
+
+    try:
+        config = to_config(cfg)
+    except ConfigError as e:
+        fail(str(e))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if (run_dir / "metrics.jsonl").exists():
+        fail(f"{run_dir}/metrics.jsonl already exists; choose another hydra.run.dir so no run is overwritten")
+    OmegaConf.save(OmegaConf.structured(config), run_dir / "resolved_config.yaml")
+    log.info("run directory: %s", run_dir)
+    try:
+        return train(config, run_dir)
+    except ConfigError as e:
+        fail(str(e))
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def train(ctx: typer.Context) -> None:
+    """Train with PPO. Arguments are Hydra overrides; `-m` runs a sweep; `--help` lists config groups."""
+    args = normalise_args(list(ctx.args))
+    if not INFO_FLAGS.intersection(args):
+        validate_jobs(args)
+    run_hydra(train_job, args)
+
+
+@app.command()
+def compare(
+    dirs: Annotated[list[Path], typer.Argument(
+        metavar="DIR", show_default=False,
+        help="Run directories and/or sweep directories (searched for metrics.jsonl).")],
+    by: Annotated[str | None, typer.Option(
+        metavar="KEYS", help="Comma-separated config keys to group by, e.g. sampler.name,ppo.lr.",
+        show_default="every key that differs, except seed, run_name, logger.*, eval.*")] = None,
+    baseline: Annotated[str, typer.Option(
+        metavar="SPEC", help="key=value[,key=value] picking the baseline group; a bare group name means "
+        "<group>.name.")] = "sampler=uniform",
+    metric: Annotated[str | None, typer.Option(
+        metavar="KEY", help="Metric to compare.", show_default="the single eval/<set>/accuracy")] = None,
+    target: Annotated[float | None, typer.Option(
+        help="Target value of the metric.", show_default="median over the baseline runs of their best value")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for compare.md, compare.csv and compare.png.", show_default="<first DIR>/compare")
+    ] = None,
+) -> None:
+    """Steps, generated tokens and seconds to a target accuracy per group of runs, and speed-ups."""
+    from lrn.compare import CompareError, compare_dirs, print_table, write_outputs
+
+    try:
+        result = compare_dirs(dirs, by=by, baseline=baseline, metric=metric, target=target)
+    except CompareError as e:
+        fail(str(e))
+    print_table(result)
+    out = out or dirs[0] / "compare"
+    try:
+        paths = write_outputs(result, out)
+    except OSError as e:
+        fail(f"cannot write to {out}: {e.strerror or e}; choose another --out")
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
+
+
+def eval_target(args: list[str]) -> tuple[list[str], Path | None]:
+    """Split `lrn eval` arguments into Hydra overrides and an optional run or model directory.
+
+    A run directory contributes its original overrides (from .hydra/overrides.yaml) and its final
+    policy (``model/``); a model directory (with config.json) becomes ``model.name_or_path``.
+    """
+    paths = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if len(paths) > 1:
+        fail(f"lrn eval takes one run or model directory, got {len(paths)}: {' '.join(paths)}")
+    if not paths:
+        return overrides, None
+    target = Path(paths[0])
+    if not target.is_dir():
+        fail(f"{target}: no such directory; give a run directory (outputs/...) or a model directory")
+    if (target / "config.json").exists():
+        return [*overrides, f"model.name_or_path={target.resolve()}"], None
+    model = target / "model"
+    if not (model / "config.json").exists():
+        fail(f"{target}: neither a model directory (config.json) nor a finished run directory (model/config.json)")
+    saved = target / ".hydra" / "overrides.yaml"
+    original = [o for o in OmegaConf.load(saved) if not o.lstrip("+~").startswith("hydra")] if saved.exists() else []
+    return [*original, *overrides, f"model.name_or_path={model.resolve()}"], target
+
+
+@app.command(name="eval", context_settings=HYDRA_ARGS)
+def eval_command(ctx: typer.Context) -> None:
+    """Evaluate a run directory, a model directory or `model=...` on the held-out set of `dataset=...`."""
+    import datetime
+
+    from lrn.evaluate import evaluate, write_results
+    from lrn.logger import MetricsLogger
+    from lrn.models import load_policy
+    from lrn.progress import print_eval
+    from lrn.rollout import RolloutEngine
+    from lrn.tasks import build_task
+
+    logging.basicConfig(level=logging.WARNING)
+    overrides, run_dir = eval_target(list(ctx.args))
+    try:
+        config = to_config(compose(overrides))
+    except ConfigError as e:
+        fail(str(e))
+    except Exception as e:  # noqa: BLE001 - Hydra's composition errors
+        fail(one_line(e))
+    try:
+        task = build_task(config.dataset)
+        lm, tokenizer = load_policy(config.model, config.dataset)
+    except ConfigError as e:
+        fail(str(e))
+    if config.eval.output_dir:
+        out = Path(config.eval.output_dir)
+    elif run_dir is not None:
+        out = run_dir / "eval" / task.name
+    else:
+        out = Path("outputs") / "eval" / f"{datetime.datetime.now():%Y-%m-%d/%H-%M-%S}_{task.name}"
+    problems = task.test[: config.eval.limit] if config.eval.limit else task.test
+    from lrn.trainer import seed_everything
+
+    seed_everything(config.seed)
+    engine = RolloutEngine(lm, tokenizer, task, config.rollout.temperature, config.rollout.top_p,
+                           config.eval.batch_size)
+    result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples, config.eval.pass_k)
+    write_results(result, out, config.to_dict())
+    logger = MetricsLogger(out, f"eval-{config.run_name}", config.to_dict(), config.logger.wandb)
+    logger.log({"step": 0, **result.metrics})
+    logger.close()
+    print_eval(result.metrics, len(problems), out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,321 @@
+"""Typed config schemas, validation and Hydra composition.
+
+Hydra composes YAML from ``conf/``; :func:`to_config` turns the result into plain dataclasses so that
+library code never sees a ``DictConfig``. Every mistake a user can make in a config (unknown key,
+wrong type, missing group option, invalid value) becomes a :class:`ConfigError` with one line that
+names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; its message is one line naming the key and the fix."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the embedded character-level transformer (a Llama-architecture HF model)."""
+
+    layers: int = 4
+    width: int = 128
+    heads: int = 4
+    ffn: int = 512
+    max_len: int = 64
+
+    def validate(self, key: str) -> None:
+        for name in ("layers", "width", "heads", "ffn", "max_len"):
+            _check(getattr(self, name) >= 1, f"{key}.{name}", getattr(self, name), "must be >= 1")
+        _check(self.width % self.heads == 0, f"{key}.heads", self.heads, "must divide model.tiny.width")
+
+
+@dataclass
+class WarmStartConfig:
+    """Supervised warm start (answers only in the loss), cached by its config hash."""
+
+    steps: int = 500
+    lr: float = 3e-3
+    batch_size: int = 256
+    level_mix: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.3, 0.08, 0.02])
+    seed: int = 0
+    cache_dir: str = "~/.cache/lrn"
+
+    def validate(self, key: str) -> None:
+        _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
+        _check(self.lr > 0, f"{key}.lr", self.lr, "must be > 0")
+        _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
+        _check(
+            all(w >= 0 for w in self.level_mix) and sum(self.level_mix) > 0,
+            f"{key}.level_mix",
+            self.level_mix,
+            "must be non-negative weights with a positive sum",
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Policy model: the embedded tiny model (name_or_path null) or a Hub name / local directory."""
+
+    name: str = "tiny"
+    name_or_path: str | None = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    dtype: str = "auto"
+    device: str = "auto"
+
+    def validate(self, key: str) -> None:
+        self.tiny.validate(f"{key}.tiny")
+        self.warm_start.validate(f"{key}.warm_start")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype", self.dtype,
+               "allowed: auto, float32, bfloat16, float16")
+        _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+               f"{key}.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+@dataclass
+class ArithmeticConfig:
+    """Procedural integer addition/subtraction; level L has a larger operand of L+1 digits."""
+
+    name: str = "arithmetic"
+    levels: int = 5
+    train_size: int = 5000
+    test_per_level: int = 200
+    train_seed: int = 1234
+    test_seed: int = 4321
+    width: int = 6
+    prompt_template: str = "{question}="
+    max_new_tokens: int = 9
+    grader: str = "integer"
+
+    def validate(self, key: str) -> None:
+        _check(1 <= self.levels <= 9, f"{key}.levels", self.levels, "must be in 1..9")
+        _check(self.train_size >= 1, f"{key}.train_size", self.train_size, "must be >= 1")
+        _check(self.test_per_level >= 1, f"{key}.test_per_level", self.test_per_level, "must be >= 1")
+        _check(self.train_seed != self.test_seed, f"{key}.test_seed", self.test_seed,
+               "must differ from dataset.train_seed")
+        _check("{question}" in self.prompt_template, f"{key}.prompt_template", self.prompt_template,
+               "must contain '{question}'")
+        _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
+        _check(self.width == 0 or self.width >= self.levels + 1, f"{key}.width", self.width,
+               "must be 0 (natural numbers) or at least dataset.levels + 1 digits")
+        from lrn.grading import GRADERS
+
+        _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
+
+
+@dataclass
+class UniformSamplerConfig:
+    """Baseline: batch_size questions drawn uniformly (without replacement) from the pool each step."""
+
+    name: str = "uniform"
+
+    def validate(self, key: str) -> None:
+        pass
+
+
+@dataclass
+class LearnabilitySamplerConfig:
+    """LILO: screen pool_factor x batch candidates with K rollouts, keep the top p(1-p)."""
+
+    name: str = "learnability"
+    pool_factor: float = 4.0
+    bessel: bool = True
+
+    def validate(self, key: str) -> None:
+        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor,
+               "the candidate pool must be at least the batch: use >= 1")
+
+
+@dataclass
+class PPOConfig:
+    """Clipped-ratio PPO on answer tokens; see README 'How it works' for each term."""
+
+    advantage: str = "group"
+    lr: float = 1e-4
+    epochs: int = 2
+    minibatches: int = 2
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    kl_coef: float = 0.0
+    ent_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True
+
+    def validate(self, key: str) -> None:
+        _check(self.advantage in ("gae", "group"), f"{key}.advantage", self.advantage, "allowed: gae, group")
+        _check(self.lr > 0, f"{key}.lr", self.lr, "must be > 0")
+        _check(self.epochs >= 1, f"{key}.epochs", self.epochs, "must be >= 1")
+        _check(self.minibatches >= 1, f"{key}.minibatches", self.minibatches, "must be >= 1")
+        _check(0 < self.clip < 1, f"{key}.clip", self.clip, "must be in (0, 1)")
+        for name in ("value_clip", "vf_coef", "kl_coef", "ent_coef", "max_grad_norm"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", getattr(self, name), "must be >= 0")
+        _check(0 <= self.gamma <= 1, f"{key}.gamma", self.gamma, "must be in [0, 1]")
+        _check(0 <= self.lam <= 1, f"{key}.lam", self.lam, "must be in [0, 1]")
+
+
+@dataclass
+class TrainerConfig:
+    """Loop sizes and cadences."""
+
+    steps: int = 200
+    batch_size: int = 32
+    rollouts_per_question: int = 8
+    eval_every: int = 10
+    checkpoint_every: int = 50
+
+    def validate(self, key: str) -> None:
+        _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
+        _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
+        _check(self.rollouts_per_question >= 1, f"{key}.rollouts_per_question", self.rollouts_per_question,
+               "must be >= 1")
+        _check(self.eval_every >= 1, f"{key}.eval_every", self.eval_every, "must be >= 1")
+        _check(self.checkpoint_every >= 1, f"{key}.checkpoint_every", self.checkpoint_every, "must be >= 1")
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling settings of the rollout engine."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 1024
+
+    def validate(self, key: str) -> None:
+        _check(self.temperature > 0, f"{key}.temperature", self.temperature, "must be > 0")
+        _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: greedy accuracy always; pass@k and maj@k from ``samples`` answers."""
+
+    batch_size: int = 1024
+    limit: int | None = None
+    samples: int = 0
+    pass_k: list[int] = field(default_factory=lambda: [1, 4, 8])
+    output_dir: str | None = None
+
+    def validate(self, key: str) -> None:
+        _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
+        _check(self.limit is None or self.limit >= 1, f"{key}.limit", self.limit, "must be >= 1 or null")
+        _check(self.samples >= 0, f"{key}.samples", self.samples, "must be >= 0 (0: greedy only)")
+        _check(all(1 <= k <= max(self.samples, 1) for k in self.pass_k) or self.samples == 0,
+               f"{key}.pass_k", self.pass_k, f"each k must be in 1..eval.samples ({self.samples})")
+
+
+@dataclass
+class WandbConfig:
+    """W&B: auto = online when an API key is configured, offline otherwise."""
+
+    mode: str = "auto"
+    project: str = "lrn"
+    entity: str | None = None
+
+    def validate(self, key: str) -> None:
+        _check(self.mode in ("auto", "online", "offline", "disabled"), f"{key}.mode", self.mode,
+               "allowed: auto, online, offline, disabled")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    progress: bool = True
+
+    def validate(self, key: str) -> None:
+        self.wandb.validate(f"{key}.wandb")
+
+
+DATASETS: dict[str, type] = {"arithmetic": ArithmeticConfig}
+SAMPLERS: dict[str, type] = {"uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig}
+
+
+@dataclass
+class Config:
+    """The whole experiment. Built by :func:`to_config`; tests may build it directly."""
+
+    seed: int = 0
+    run_name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: Any = field(default_factory=ArithmeticConfig)
+    sampler: Any = field(default_factory=UniformSamplerConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate(f.name)
+        if self.sampler.name.startswith("learnability"):
+            _check(self.trainer.rollouts_per_question >= 2, "trainer.rollouts_per_question",
+                   self.trainer.rollouts_per_question, "learnability needs K >= 2 rollouts to estimate p(1-p)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _structured(section: str, schema: type, node: Any) -> Any:
+    """Merge a config section onto its schema: unknown keys and wrong types fail here."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except OmegaConfBaseException as e:
+        key = str(getattr(e, "full_key", "") or "")
+        where = ".".join(k for k in (section, key) if k) or "config"
+        raise ConfigError(f"{where}: {str(e).splitlines()[0].strip()}") from None
+
+
+def _pick(section: str, registry: dict[str, type], node: Any) -> Any:
+    """Validate a polymorphic group (dataset, sampler) against the schema its ``name`` selects."""
+    name = node.get("name") if isinstance(node, DictConfig) else None
+    if name not in registry:
+        raise ConfigError(f"{section}.name={name!r} is unknown: allowed {', '.join(sorted(registry))}")
+    return _structured(section, registry[name], node)
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Validate a composed Hydra config and return the typed :class:`Config`."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    node = OmegaConf.masked_copy(node, [k for k in node.keys() if k != "hydra"])
+    try:
+        OmegaConf.resolve(node)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]}") from None
+    groups = ("dataset", "sampler")  # polymorphic: validated below against the schema their name picks
+    config = _structured("", Config, OmegaConf.masked_copy(node, [k for k in node if k not in groups]))
+    if "dataset" in node:
+        config.dataset = _pick("dataset", DATASETS, node.dataset)
+    if "sampler" in node:
+        config.sampler = _pick("sampler", SAMPLERS, node.sampler)
+    config.validate()
+    return config
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra overrides (no run directory, no logging)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))

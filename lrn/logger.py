@@ -1,0 +1,76 @@
+"""Metrics sinks: ``metrics.jsonl`` in the run directory always, W&B when it can be had.
+
+W&B never stops a run: a missing key means offline mode, and any failure to start it is reported
+once and training goes on with the local file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+
+from lrn.config import WandbConfig
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(requested: str) -> str:
+    """``auto``: online when an API key is configured (env or ~/.netrc), offline otherwise."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged row to ``metrics.jsonl``; mirrors rows to W&B."""
+
+    def __init__(self, run_dir: Path, run_name: str, config: dict, wandb_cfg: WandbConfig):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.file = self.path.open("a")
+        self.wandb = None
+        mode = wandb_mode(wandb_cfg.mode)
+        if mode != "disabled":
+            try:
+                import wandb
+
+                self.wandb = wandb.init(
+                    project=wandb_cfg.project, entity=wandb_cfg.entity, name=run_name, config=config,
+                    dir=str(run_dir), mode=mode, settings=wandb.Settings(init_timeout=60, console="off"),
+                )
+            except Exception as e:  # noqa: BLE001 - W&B must never stop a run
+                log.warning("W&B could not start (%s: %s); logging to %s only", type(e).__name__, e, self.path)
+
+    def log(self, row: dict) -> None:
+        self.file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        self.file.flush()
+        if self.wandb is not None:
+            try:
+                self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B log failed (%s); continuing with %s only", e, self.path)
+                self.wandb = None
+
+    def close(self) -> None:
+        self.file.close()
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B finish failed: %s", e)

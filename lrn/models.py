@@ -1,0 +1,116 @@
+"""Policy, value head and frozen reference.
+
+Every policy is a Hugging Face causal LM loaded with ``from_pretrained``: a Hub name, a local
+directory, or the embedded tiny model, which is built from a config, warm-started once and saved
+with ``save_pretrained`` so that it takes exactly the same loading path as a Hub model.
+"""
+
+from __future__ import annotations
+
+import copy
+import string
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lrn.config import ModelConfig, TinyModelConfig
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` means CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` means bf16 on a GPU that supports it, fp32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerBase:
+    """A character-level tokenizer over printable ASCII, built with ``tokenizers`` (no download)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A small Llama-architecture causal LM with randomly initialised weights (seed before calling)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.width, intermediate_size=cfg.ffn,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+        max_position_embeddings=cfg.max_len, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_pretrained(path: str | Path, device: torch.device, dtype: torch.dtype
+                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a Hub name or a local directory."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+    return model, tokenizer
+
+
+def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The starting policy: a Hub/local model, or the warm-started embedded tiny model."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    path = cfg.name_or_path
+    if path is None:
+        from lrn.warmstart import warm_start
+
+        path = warm_start(cfg, task_cfg, device)
+    return load_pretrained(path, device, dtype)
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM with a scalar value head on its last hidden state (used by GAE advantages)."""
+
+    def __init__(self, lm: PreTrainedModel, with_value: bool):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.hidden_size, 1) if with_value else None
+        if self.value_head is not None:
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+            self.value_head.to(device=lm.device, dtype=lm.dtype)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, T, V] and values [B, T] (None without a value head); left padding aware."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=self.value_head is not None, use_cache=False)
+        values = None
+        if self.value_head is not None:
+            values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()
+        return out.logits.float(), values
+
+
+def frozen_reference(lm: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of the starting policy, for the KL penalty."""
+    ref = copy.deepcopy(lm).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref

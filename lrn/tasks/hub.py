@@ -1,0 +1,221 @@
+"""Real datasets: load records from a local JSON/JSON-lines file or the Hugging Face Hub, turn them into
+:class:`Problem` s (GSM8K, MATH, or any JSON lines with a field mapping).
+
+Every user mistake (missing file, bad JSON, missing field, unusable answer) is a one-line
+:class:`ConfigError` naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lrn.config import ConfigError
+from lrn.grading import extract_gsm8k_gold, last_boxed
+from lrn.tasks.base import Problem
+
+LOCAL_SUFFIXES = (".jsonl", ".json")
+ANSWER_RULES = ("raw", "gsm8k", "boxed")
+_CALCULATOR = re.compile(r"<<[^<>\n]*>>")
+_LEVEL = re.compile(r"(?:level\s*)?(\d+)", re.IGNORECASE)
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as a single short line."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_local(source: str) -> bool:
+    """A source names a local file if it exists or looks like a path to a JSON file."""
+    return (Path(source).expanduser().is_file() or source.endswith(LOCAL_SUFFIXES)
+            or source.startswith(("/", "./", "../", "~")))
+
+
+def validate_json_file(path: Path) -> int:
+    """Check a JSON-lines file (or a .json list of objects) row by row; return the number of records."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"dataset.path={str(path)!r}: cannot read the file ({_one_line(e)})") from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        for i, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
+        count = len(rows)
+    else:
+        count = 0
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            count += 1
+    if count == 0:
+        raise ConfigError(f"dataset.path={str(path)!r}: the file holds no records")
+    return count
+
+
+def load_records(source: str, split: str = "train", hub_config: str | None = None) -> list[dict[str, Any]]:
+    """Records from a local .jsonl/.json file (validated first) or from a Hub dataset name and split."""
+    import datasets
+
+    if _is_local(source):
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"dataset.path={source!r}: no such file ({path.resolve()})")
+        validate_json_file(path)
+        try:
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception as e:  # e.g. a column whose type changes between rows
+            raise ConfigError(f"dataset.path={source!r}: cannot load as a dataset ({_one_line(e)})") from None
+        return ds.to_list()
+    try:
+        ds = datasets.load_dataset(source, hub_config, split=split)
+    except Exception as e:
+        raise ConfigError(
+            f"cannot load dataset {source!r} (config {hub_config!r}, split {split!r}) from the Hugging Face "
+            f"Hub: {_one_line(e)}; offline, pass a local .jsonl file with dataset.path=..."
+        ) from None
+    return ds.to_list()
+
+
+# ------------------------------------------------------------------------------------ fields
+
+
+def _row_error(source: str, row: int, message: str) -> ConfigError:
+    """A ConfigError located at a 1-based row of a source."""
+    return ConfigError(f"{source}: row {row}: {message}")
+
+
+def _required(record: Mapping[str, Any], name: str, source: str, row: int) -> str:
+    """A required text field: present, not null, not blank."""
+    if name not in record or record[name] is None:
+        present = ", ".join(sorted(record)) or "none"
+        raise _row_error(source, row, f"missing field {name!r} (fields present: {present})")
+    value = str(record[name]).strip()
+    if not value:
+        raise _row_error(source, row, f"field {name!r} is empty")
+    return value
+
+
+def _optional(record: Mapping[str, Any], name: str | None, source: str, row: int) -> Any:
+    """An optional field: None if unnamed or null; a named key absent from the record is an error."""
+    if name is None:
+        return None
+    if name not in record:
+        present = ", ".join(sorted(record)) or "none"
+        raise _row_error(source, row, f"missing field {name!r} (fields present: {present})")
+    return record[name]
+
+
+def parse_level(value: Any, source: str = "dataset", row: int = 0) -> int | None:
+    """A difficulty level from an int, ``"3"`` or ``"Level 3"``; None for null or ``"Level ?"``.
+
+    >>> parse_level(4), parse_level("Level 3"), parse_level("Level ?"), parse_level(None)
+    (4, 3, None, None)
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    m = _LEVEL.fullmatch(text)
+    if m:
+        return int(m.group(1))
+    if not text or text.lower().removeprefix("level").strip() in ("", "?"):
+        return None
+    raise _row_error(source, row, f"level {value!r} is not an integer or 'Level N'")
+
+
+def _answer(record: Mapping[str, Any], name: str, rule: str, source: str, row: int) -> str:
+    """The gold answer of a record under an answer rule (raw | gsm8k | boxed)."""
+    text = _required(record, name, source, row)
+    if rule == "raw":
+        return text
+    if rule == "gsm8k":
+        try:
+            return extract_gsm8k_gold(text)
+        except ValueError:
+            raise _row_error(source, row, f"field {name!r} has no '#### <answer>' line") from None
+    boxed = last_boxed(text)
+    if boxed is None or not boxed.strip():
+        raise _row_error(source, row, f"field {name!r} has no \\boxed{{...}} answer")
+    return boxed.strip()
+
+
+def _strip_calculator(solution: str) -> str:
+    """A GSM8K solution without its ``<<expression=result>>`` calculator annotations."""
+    return _CALCULATOR.sub("", solution)
+
+
+# ---------------------------------------------------------------------------------- builders
+
+
+def gsm8k_problems(records: Iterable[Mapping[str, Any]], id_prefix: str = "gsm8k",
+                   source: str = "gsm8k") -> list[Problem]:
+    """GSM8K rows (``question``, ``answer`` ending in ``#### N``) as problems with numeric golds."""
+    problems = []
+    for row, record in enumerate(records, start=1):
+        question = _required(record, "question", source, row)
+        gold = _answer(record, "answer", "gsm8k", source, row)
+        solution = _strip_calculator(str(record["answer"]))
+        problems.append(Problem(id=f"{id_prefix}/{row - 1}", question=question, answer=gold, level=None,
+                                meta={"solution": solution, "source": source}))
+    return problems
+
+
+def math_problems(records: Iterable[Mapping[str, Any]], id_prefix: str = "math",
+                  source: str = "math") -> list[Problem]:
+    r"""MATH / MATH-500 rows: ``problem``; gold ``answer`` or else the last ``\boxed{}`` of ``solution``."""
+    problems = []
+    for row, record in enumerate(records, start=1):
+        question = _required(record, "problem", source, row)
+        if record.get("answer") is not None and str(record["answer"]).strip():
+            gold = str(record["answer"]).strip()
+        elif "solution" in record and record["solution"] is not None:
+            gold = _answer(record, "solution", "boxed", source, row)
+        else:
+            raise _row_error(source, row, "missing field 'answer' (and no 'solution' to take \\boxed{} from)")
+        subject = record.get("subject") or record.get("type")
+        uid = record.get("unique_id")
+        problems.append(Problem(
+            id=f"{id_prefix}/{uid if uid else row - 1}", question=question, answer=gold,
+            level=parse_level(record.get("level"), source, row),
+            meta={"subject": subject, "solution": record.get("solution"), "source": source},
+        ))
+    return problems
+
+
+def jsonl_problems(records: Iterable[Mapping[str, Any]], question_field: str, answer_field: str,
+                   answer_rule: str = "raw", level_field: str | None = None,
+                   subject_field: str | None = None, id_field: str | None = None,
+                   id_prefix: str = "row", source: str = "dataset") -> list[Problem]:
+    """Any records with a field mapping; ``answer_rule`` reads the gold as raw text, GSM8K or boxed."""
+    if answer_rule not in ANSWER_RULES:
+        raise ConfigError(f"dataset.answer_rule={answer_rule!r} is invalid: choose one of {ANSWER_RULES}")
+    problems = []
+    for row, record in enumerate(records, start=1):
+        question = _required(record, question_field, source, row)
+        gold = _answer(record, answer_field, answer_rule, source, row)
+        level = parse_level(_optional(record, level_field, source, row), source, row)
+        subject = _optional(record, subject_field, source, row)
+        ident = _optional(record, id_field, source, row)
+        problems.append(Problem(
+            id=f"{id_prefix}/{ident if ident is not None else row - 1}", question=question, answer=gold,
+            level=level, meta={"subject": subject, "source": source},
+        ))
+    return problems

@@ -1,0 +1,63 @@
+"""Config composition and validation: every group option composes; mistakes give one line, exit 2."""
+
+import pytest
+
+from lrn.config import CONF_DIR, Config, ConfigError, compose, to_config
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "sampler", "ppo"])
+def test_every_group_option_composes_and_validates(group):
+    options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    assert options
+    for option in options:
+        cfg = to_config(compose([f"{group}={option}"]))
+        assert isinstance(cfg, Config)
+
+
+def test_default_config_values():
+    cfg = to_config(compose())
+    assert cfg.sampler.name == "learnability" and cfg.sampler.pool_factor == 4
+    assert cfg.trainer.batch_size == 32 and cfg.trainer.rollouts_per_question == 8
+    assert cfg.model.name_or_path is None and cfg.dataset.name == "arithmetic"
+    assert cfg.run_name == "learnability-arithmetic-s0"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be >= 1"),
+    (["trainer.rollouts_per_question=1"], "learnability needs K >= 2"),
+    (["sampler.pool_factor=0.5"], "sampler.pool_factor=0.5 is invalid"),
+    (["ppo.advantage=vtrace"], "ppo.advantage='vtrace' is invalid: allowed: gae, group"),
+    (["ppo.epochs=two"], "ppo.epochs: Value 'two' of type 'str' could not be converted to Integer"),
+    (["+ppo.typo=1"], "ppo.typo: Key 'typo' not in 'PPOConfig'"),
+    (["+nonsense=1"], "nonsense: Key 'nonsense' not in 'Config'"),
+    (["sampler=uniform", "+sampler.pool_factor=2"], "sampler.pool_factor: Key 'pool_factor' not in"),
+    (["logger.wandb.mode=maybe"], "allowed: auto, online, offline, disabled"),
+    (["dataset.grader=vibes"], "dataset.grader='vibes' is invalid: allowed:"),
+])
+def test_invalid_configs_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        to_config(compose(overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be >= 1"),
+    (["sampler=nope"], "sampler=nope: no such option; available: learnability, uniform"),
+    (["ppo.lrr=1"], "Could not override 'ppo.lrr'"),
+    (["-m", "sampler=uniform,learnability", "trainer.rollouts_per_question=1"], "learnability needs K >= 2"),
+    (["seed=[1"], "no viable alternative"),
+])
+def test_cli_config_errors_are_one_line_with_exit_code_2(run_lrn, args, message):
+    proc = run_lrn("train", *args, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrn: error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_help_and_cfg(run_lrn):
+    help_text = run_lrn("train", "--help").stdout
+    assert "sampler: learnability, uniform" in help_text and "== Config ==" in help_text
+    cfg_text = run_lrn("train", "--cfg", "sampler=uniform", "seed=5").stdout
+    assert "name: uniform" in cfg_text and "seed: 5" in cfg_text

@@ -1,0 +1,180 @@
+"""Dataset loaders on the real GSM8K / MATH-500 files, a generic field mapping, and user mistakes."""
+
+import doctest
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lrn.tasks.hub
+from lrn.config import ConfigError
+from lrn.tasks.hub import (
+    gsm8k_problems,
+    jsonl_problems,
+    load_records,
+    math_problems,
+    parse_level,
+)
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="real data not at ../shared/data")
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_doctests():
+    assert doctest.testmod(lrn.tasks.hub).failed == 0
+
+
+@needs_data
+def test_gsm8k_test_split():
+    source = str(DATA / "gsm8k" / "test.jsonl")
+    problems = gsm8k_problems(load_records(source, "test", None), "gsm8k-test", source)
+    assert len(problems) == 1319
+    assert all(int(p.answer) == float(p.answer) for p in problems)  # numeric golds
+    assert len({p.id for p in problems}) == 1319
+    first = problems[0]
+    assert first.question.startswith("Janet\u2019s ducks lay 16 eggs per day.")
+    assert first.answer == "18" and first.level is None and first.id == "gsm8k-test/0"
+    assert "<<" not in first.meta["solution"] and "16 - 3 - 4 = 9 duck eggs" in first.meta["solution"]
+    assert first.meta["solution"].endswith("#### 18")
+
+
+@needs_data
+def test_math500():
+    source = str(DATA / "math500" / "test.jsonl")
+    problems = math_problems(load_records(source, "test", None), "math500", source)
+    assert len(problems) == 500
+    assert {p.level for p in problems} == {1, 2, 3, 4, 5}
+    assert {p.meta["subject"] for p in problems} == {
+        "Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory",
+        "Prealgebra", "Precalculus"}
+    first = problems[0]
+    assert first.question.startswith("Convert the point $(0,3)$ in rectangular coordinates")
+    assert first.answer == r"\left( 3, \frac{\pi}{2} \right)"
+    assert first.id == "math500/test/precalculus/807.json"
+
+
+def test_math_gold_from_boxed_and_string_levels():
+    records = [
+        {"problem": "What is 1+1?", "solution": r"It is $\boxed{2}$.", "level": "Level 3", "type": "Algebra"},
+        {"problem": "Half?", "solution": r"$\boxed{1}$ then $\boxed{\frac{1}{2}}$", "level": "Level ?",
+         "type": "Prealgebra"},
+        {"problem": "Given?", "answer": "7", "solution": r"\boxed{8}", "level": 5, "subject": "Geometry"},
+    ]
+    problems = math_problems(records, "math-train", "train.jsonl")
+    assert [p.answer for p in problems] == ["2", r"\frac{1}{2}", "7"]  # 'answer' beats the boxed solution
+    assert [p.level for p in problems] == [3, None, 5]
+    assert [p.meta["subject"] for p in problems] == ["Algebra", "Prealgebra", "Geometry"]
+    assert [p.id for p in problems] == ["math-train/0", "math-train/1", "math-train/2"]
+
+
+def test_generic_jsonl_field_mapping(tmp_path):
+    path = _write_jsonl(tmp_path / "mine.jsonl", [
+        {"q": "2+2?", "sol": "2+2=<<2+2=4>>4\n#### 4", "difficulty": 1, "topic": "add", "key": "a"},
+        {"q": "1000+234?", "sol": "#### 1,234", "difficulty": "2", "topic": "add", "key": "b"},
+    ])
+    (tmp_path / "blank.jsonl").write_text('\n{"q": "x", "sol": "#### 1"}\n\n', encoding="utf-8")
+    records = load_records(str(path), "train", None)
+    assert len(records) == 2
+    problems = jsonl_problems(records, "q", "sol", "gsm8k", level_field="difficulty",
+                              subject_field="topic", id_field="key", id_prefix="mine")
+    assert [(p.id, p.question, p.answer, p.level, p.meta["subject"]) for p in problems] == [
+        ("mine/a", "2+2?", "4", 1, "add"), ("mine/b", "1000+234?", "1234", 2, "add")]
+    raw = jsonl_problems([{"question": "Q", "final": 12}], "question", "final")
+    assert raw[0].answer == "12" and raw[0].level is None and raw[0].id == "row/0"
+    boxed = jsonl_problems([{"question": "Q", "final": r"so \boxed{x^2}"}], "question", "final", "boxed")
+    assert boxed[0].answer == "x^2"
+    assert len(load_records(str(tmp_path / "blank.jsonl"), "train", None)) == 1  # blank lines skipped
+
+
+def test_json_list_file(tmp_path):
+    path = tmp_path / "list.json"
+    rows = [{"question": "Q1", "answer": "#### 3"}, {"question": "Q2", "answer": "#### 5"}]
+    path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    problems = gsm8k_problems(load_records(str(path), "train", None), "l", str(path))
+    assert [p.answer for p in problems] == ["3", "5"]
+
+
+# ------------------------------------------------------------------------------------ mistakes
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    with pytest.raises(ConfigError) as err:
+        load_records(str(missing), "train", None)
+    message = str(err.value)
+    assert "dataset.path" in message and "nope.jsonl" in message and "\n" not in message
+
+
+def test_bad_json_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "a", "answer": "#### 1"}\n{"question": "b", "answer": "#### 2"}\n'
+                    '{"question": "c", "answer": #### 3}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_records(str(path), "train", None)
+    message = str(err.value)
+    assert "bad.jsonl:3:" in message and "invalid JSON" in message and "\n" not in message
+
+
+def test_non_object_line(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"question": "a"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"list\.jsonl:2: expected a JSON object, got list"):
+        load_records(str(path), "train", None)
+
+
+def test_bad_json_list_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('[\n {"question": "a"},\n {"question": }\n]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken\.json:3: invalid JSON"):
+        load_records(str(path), "train", None)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no records"):
+        load_records(str(path), "train", None)
+
+
+def test_missing_fields():
+    with pytest.raises(ConfigError) as err:
+        gsm8k_problems([{"question": "a", "answer": "#### 1"}, {"question": "b"}], "g", "gsm.jsonl")
+    message = str(err.value)
+    assert message.startswith("gsm.jsonl: row 2: missing field 'answer'") and "question" in message
+    with pytest.raises(ConfigError, match=r"row 1: field 'answer' has no '#### <answer>' line"):
+        gsm8k_problems([{"question": "a", "answer": "it is 1"}], "g", "gsm.jsonl")
+    with pytest.raises(ConfigError, match="row 1: missing field 'problem'"):
+        math_problems([{"question": "a", "answer": "1"}], "m", "m.jsonl")
+    with pytest.raises(ConfigError, match=r"row 1: field 'solution' has no \\boxed"):
+        math_problems([{"problem": "a", "solution": "no box"}], "m", "m.jsonl")
+    with pytest.raises(ConfigError, match="row 1: missing field 'answer'"):
+        math_problems([{"problem": "a"}], "m", "m.jsonl")
+    with pytest.raises(ConfigError, match="row 1: missing field 'lvl'"):
+        jsonl_problems([{"q": "a", "a": "1"}], "q", "a", level_field="lvl", source="x.jsonl")
+    with pytest.raises(ConfigError, match="row 1: field 'q' is empty"):
+        jsonl_problems([{"q": "  ", "a": "1"}], "q", "a")
+    with pytest.raises(ConfigError, match="dataset.answer_rule='latex' is invalid"):
+        jsonl_problems([{"q": "a", "a": "1"}], "q", "a", "latex")
+    with pytest.raises(ConfigError, match="level 'hard' is not an integer"):
+        parse_level("hard", "x.jsonl", 4)
+
+
+def test_hub_name_failure_is_one_line():
+    # As an offline user (HF_HUB_OFFLINE=1, read at import, hence a fresh interpreter): a Hub name fails
+    # with one line that says how to use a local file instead.
+    code = ("from lrn.tasks.hub import load_records\n"
+            "try:\n    load_records('lrn-test-no-owner/no-dataset', 'test', None)\n"
+            "except Exception as e:\n    print(type(e).__name__, '|', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    kind, _, message = proc.stdout.strip().partition(" | ")
+    assert kind == "ConfigError", proc.stdout + proc.stderr
+    assert "dataset.path=" in message and "lrn-test-no-owner/no-dataset" in message and "\n" not in message
