@@ -8,7 +8,9 @@ before any model is built.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +18,8 @@ from typing import Annotated
 import typer
 from omegaconf import DictConfig, OmegaConf
 
-from lrn.config import CONF_DIR, ConfigError, compose, to_config
+from lrn.config import CONF_DIR, Config, ConfigError, compose, to_config
+from lrn.resume import INVOCATION_KEYS, check_resume_config, override_key, resume_overrides, resume_value
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RL fine-tuning (PPO) of language models on maths, with sampling for learnability.")
@@ -28,6 +31,9 @@ log = logging.getLogger("lrn")
 @app.callback()
 def main() -> None:
     """RL fine-tuning (PPO) of language models on maths, with sampling for learnability."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file weight-loading bars drown the training progress bar
 
 
 def fail(message: str) -> None:
@@ -73,13 +79,12 @@ def sweep_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def validate_jobs(args: list[str]) -> None:
+def validate_jobs(args: list[str]) -> list[Config]:
     """Compose and validate every job of the command; exit 2 on the first mistake."""
     multirun = "-m" in args or "--multirun" in args
     overrides = [a for a in args if not a.startswith("-")]
     try:
-        for job in sweep_jobs(overrides, multirun):
-            to_config(compose(job))
+        return [to_config(compose(job)) for job in sweep_jobs(overrides, multirun)]
     except ConfigError as e:
         fail(str(e))
     except Exception as e:  # noqa: BLE001 - Hydra's composition and override-parse errors
@@ -98,29 +103,48 @@ def train_job(cfg: DictConfig) -> dict:
     """One Hydra job: validate, prepare the run directory, train."""
     from hydra.core.hydra_config import HydraConfig
 
-    from lrn.trainer import train
+    from lrn.checkpoint import CheckpointError
+    from lrn.trainer import RunStopped, train
 
     try:
         config = to_config(cfg)
     except ConfigError as e:
         fail(str(e))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if (run_dir / "metrics.jsonl").exists():
-        fail(f"{run_dir}/metrics.jsonl already exists; choose another hydra.run.dir so no run is overwritten")
-    OmegaConf.save(OmegaConf.structured(config), run_dir / "resolved_config.yaml")
+    if config.resume is None and (run_dir / "metrics.jsonl").exists():
+        fail(f"{run_dir}/metrics.jsonl already exists; choose another hydra.run.dir so no run is overwritten "
+             f"(to continue that run: lrn train resume={run_dir})")
+    # the experiment's config, without the keys of this invocation (so resumed runs compare as equal)
+    resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
+    OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
+    os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
     log.info("run directory: %s", run_dir)
     try:
         return train(config, run_dir)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError) as e:
         fail(str(e))
+    except RunStopped as e:
+        typer.echo(f"lrn: {e}", err=True)
+        raise SystemExit(e.exit_code) from None
 
 
 @app.command(context_settings=HYDRA_ARGS)
 def train(ctx: typer.Context) -> None:
     """Train with PPO. Arguments are Hydra overrides; `-m` runs a sweep; `--help` lists config groups."""
     args = normalise_args(list(ctx.args))
+    resume = resume_value([a for a in args if not a.startswith("-")])
+    if resume is not None:  # the run's own overrides, then these, in the run's directory
+        try:
+            args = resume_overrides(Path(resume).expanduser().resolve(), args)
+        except ConfigError as e:
+            fail(str(e))
     if not INFO_FLAGS.intersection(args):
-        validate_jobs(args)
+        (config, *_) = validate_jobs(args)
+        if resume is not None:
+            try:
+                check_resume_config(Path(config.resume), config)
+            except ConfigError as e:
+                fail(str(e))
     run_hydra(train_job, args)
 
 
@@ -145,7 +169,8 @@ def compare(
     ] = None,
 ) -> None:
     """Steps, generated tokens and seconds to a target accuracy per group of runs, and speed-ups."""
-    from lrn.compare import CompareError, compare_dirs, print_table, write_outputs
+    from lrn.compare import CompareError, compare_dirs
+    from lrn.report import print_table, write_outputs
 
     try:
         result = compare_dirs(dirs, by=by, baseline=baseline, metric=metric, target=target)
@@ -181,7 +206,8 @@ def eval_target(args: list[str]) -> tuple[list[str], Path | None]:
     if not (model / "config.json").exists():
         fail(f"{target}: neither a model directory (config.json) nor a finished run directory (model/config.json)")
     saved = target / ".hydra" / "overrides.yaml"
-    original = [o for o in OmegaConf.load(saved) if not o.lstrip("+~").startswith("hydra")] if saved.exists() else []
+    original = [o for o in OmegaConf.load(saved) if not o.lstrip("+~").startswith("hydra")
+                and override_key(o) not in INVOCATION_KEYS] if saved.exists() else []
     return [*original, *overrides, f"model.name_or_path={model.resolve()}"], target
 
 

@@ -37,6 +37,7 @@ class TinyModelConfig:
     heads: int = 4
     ffn: int = 512
     max_len: int = 64
+    tie_embeddings: bool = True
 
     def validate(self, key: str) -> None:
         for name in ("layers", "width", "heads", "ffn", "max_len"):
@@ -48,7 +49,7 @@ class TinyModelConfig:
 class WarmStartConfig:
     """Supervised warm start (answers only in the loss), cached by its config hash."""
 
-    steps: int = 500
+    steps: int = 300
     lr: float = 3e-3
     batch_size: int = 256
     level_mix: list[float] = field(default_factory=lambda: [0.3, 0.3, 0.3, 0.08, 0.02])
@@ -147,6 +148,7 @@ class PPOConfig:
 
     advantage: str = "group"
     lr: float = 1e-4
+    warmup_steps: int = 0
     epochs: int = 2
     minibatches: int = 2
     clip: float = 0.2
@@ -158,10 +160,12 @@ class PPOConfig:
     gamma: float = 1.0
     lam: float = 0.95
     whiten: bool = True
+    skip_nonfinite: bool = False
 
     def validate(self, key: str) -> None:
         _check(self.advantage in ("gae", "group"), f"{key}.advantage", self.advantage, "allowed: gae, group")
         _check(self.lr > 0, f"{key}.lr", self.lr, "must be > 0")
+        _check(self.warmup_steps >= 0, f"{key}.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(self.epochs >= 1, f"{key}.epochs", self.epochs, "must be >= 1")
         _check(self.minibatches >= 1, f"{key}.minibatches", self.minibatches, "must be >= 1")
         _check(0 < self.clip < 1, f"{key}.clip", self.clip, "must be in (0, 1)")
@@ -175,11 +179,13 @@ class PPOConfig:
 class TrainerConfig:
     """Loop sizes and cadences."""
 
-    steps: int = 200
+    steps: int = 100
     batch_size: int = 32
     rollouts_per_question: int = 8
     eval_every: int = 10
     checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    debug_nan_step: int | None = None
 
     def validate(self, key: str) -> None:
         _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
@@ -188,6 +194,9 @@ class TrainerConfig:
                "must be >= 1")
         _check(self.eval_every >= 1, f"{key}.eval_every", self.eval_every, "must be >= 1")
         _check(self.checkpoint_every >= 1, f"{key}.checkpoint_every", self.checkpoint_every, "must be >= 1")
+        _check(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        _check(self.debug_nan_step is None or self.debug_nan_step >= 1, f"{key}.debug_nan_step",
+               self.debug_nan_step, "must be >= 1 or null")
 
 
 @dataclass
@@ -262,6 +271,8 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    resume: str | None = None
+    force_resume: bool = False
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

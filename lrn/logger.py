@@ -41,7 +41,9 @@ def _jsonable(value):
 class MetricsLogger:
     """Appends one JSON object per logged row to ``metrics.jsonl``; mirrors rows to W&B."""
 
-    def __init__(self, run_dir: Path, run_name: str, config: dict, wandb_cfg: WandbConfig):
+    def __init__(self, run_dir: Path, run_name: str, config: dict, wandb_cfg: WandbConfig,
+                 wandb_id: str | None = None):
+        """``wandb_id``: continue that W&B run (a resumed training run) instead of starting a new one."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.file = self.path.open("a")
         self.wandb = None
@@ -53,9 +55,15 @@ class MetricsLogger:
                 self.wandb = wandb.init(
                     project=wandb_cfg.project, entity=wandb_cfg.entity, name=run_name, config=config,
                     dir=str(run_dir), mode=mode, settings=wandb.Settings(init_timeout=60, console="off"),
+                    id=wandb_id, resume="allow" if wandb_id else None,
                 )
             except Exception as e:  # noqa: BLE001 - W&B must never stop a run
                 log.warning("W&B could not start (%s: %s); logging to %s only", type(e).__name__, e, self.path)
+
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run id (None without W&B), kept in checkpoints so that a resumed run continues it."""
+        return self.wandb.id if self.wandb is not None else None
 
     def log(self, row: dict) -> None:
         self.file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
@@ -74,3 +82,23 @@ class MetricsLogger:
                 self.wandb.finish()
             except Exception as e:  # noqa: BLE001
                 log.warning("W&B finish failed: %s", e)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a resumed run logs the later ones again).
+
+    A line cut short by a kill is dropped too. The file is replaced atomically.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)

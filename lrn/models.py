@@ -55,7 +55,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.width, intermediate_size=cfg.ffn,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-        max_position_embeddings=cfg.max_len, tie_word_embeddings=True,
+        max_position_embeddings=cfg.max_len, tie_word_embeddings=cfg.tie_embeddings,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )
     return LlamaForCausalLM(config)

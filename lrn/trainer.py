@@ -5,11 +5,14 @@
 3. grade       the task's verifier scores each answer (inside the rollout engine)
 4. advantages  group baseline or GAE with the value head, scaled to unit std
 5. update      clipped-ratio PPO over epochs x mini-batches (+ value loss, KL to reference, entropy)
-6. log / eval  metrics every step, held-out greedy accuracy every ``eval_every`` steps
+6. log / eval  metrics every step, held-out greedy accuracy every ``eval_every`` steps, a checkpoint
+               every ``checkpoint_every`` steps (``lrn/checkpoint.py``; ``resume`` continues from one)
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -18,14 +21,30 @@ import numpy as np
 import torch
 
 from lrn import ppo
-from lrn.config import Config, PPOConfig
+from lrn.checkpoint import TrainState, apply_checkpoint, discard_newer, latest_checkpoint, write_checkpoint
+from lrn.config import Config, ConfigError, PPOConfig
 from lrn.evaluate import evaluate
-from lrn.logger import MetricsLogger
+from lrn.interrupt import GracefulStop
+from lrn.logger import MetricsLogger, truncate_metrics
 from lrn.models import PolicyWithValue, frozen_reference, load_policy
 from lrn.progress import TrainProgress, print_summary
 from lrn.rollout import RolloutEngine, collate
-from lrn.samplers import build_sampler
+from lrn.samplers import Sampler, build_sampler
 from lrn.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+
+class RunStopped(Exception):
+    """The run stopped before its last step (signal, non-finite loss); ``exit_code`` for the CLI."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteError(ArithmeticError):
+    """A mini-batch produced a non-finite loss or gradient norm (and ``ppo.skip_nonfinite`` is off)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -66,11 +85,15 @@ def compute_advantages(cfg: PPOConfig, batch: dict, values: torch.Tensor | None,
 
 def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, cfg: PPOConfig, batch: dict,
                old: dict[str, torch.Tensor], temperature: float = 1.0) -> dict[str, float]:
-    """Epochs x mini-batches of clipped PPO; returns the mean of each loss and diagnostic."""
+    """Epochs x mini-batches of clipped PPO; returns the mean of each loss and diagnostic.
+
+    A non-finite loss or gradient norm raises :class:`NonFiniteError`, or with ``cfg.skip_nonfinite``
+    skips that mini-batch's update (counted in ``ppo/skipped_updates``, left out of the means).
+    """
     n = batch["input_ids"].shape[0]
     size = max(1, n // cfg.minibatches)
     sums: dict[str, float] = {}
-    updates = 0
+    updates = skipped = 0
     for _ in range(cfg.epochs):
         order = torch.randperm(n)
         for start in range(0, n - size + 1, size):
@@ -93,18 +116,48 @@ def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, cfg: P
                 loss = loss + cfg.kl_coef * kl
                 parts["ppo/kl"] = kl.item()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            parts["ppo/grad_norm"] = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
-            optimizer.step()
             parts["loss/total"] = loss.item()
+            grad_norm = math.nan
+            if math.isfinite(parts["loss/total"]):
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+            if not math.isfinite(grad_norm):  # also when the loss was not finite (no backward then)
+                optimizer.zero_grad(set_to_none=True)
+                if not cfg.skip_nonfinite:
+                    raise NonFiniteError(f"loss {parts['loss/total']:.4g}, gradient norm {grad_norm:.4g}")
+                skipped += 1
+                continue
+            optimizer.step()
+            parts["ppo/grad_norm"] = grad_norm
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
             updates += 1
-    return {key: value / updates for key, value in sums.items()}
+    stats = {key: value / updates for key, value in sums.items()}
+    if cfg.skip_nonfinite:
+        stats["ppo/skipped_updates"] = float(skipped)
+    return stats
+
+
+def resume(cfg: Config, run_dir: Path, policy: PolicyWithValue, optimizer: torch.optim.Optimizer,
+           schedule: torch.optim.lr_scheduler.LRScheduler, sampler: Sampler) -> tuple[TrainState, Path]:
+    """Load the newest valid checkpoint of ``run_dir`` (RNG states included) and drop later metrics rows."""
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt.state.step > cfg.trainer.steps:
+        raise ConfigError(f"trainer.steps={cfg.trainer.steps} is below the step of {ckpt.path} "
+                          f"({ckpt.state.step}); set trainer.steps >= {ckpt.state.step}")
+    state = apply_checkpoint(ckpt, policy, optimizer, schedule, sampler, cfg.ppo.lr)
+    discard_newer(run_dir / "checkpoints", ckpt)
+    truncate_metrics(run_dir / "metrics.jsonl", state.step)  # rows logged after the checkpoint
+    log.info("resuming %s from %s", run_dir, ckpt.path)
+    return state, ckpt.path
 
 
 def train(cfg: Config, run_dir: Path) -> dict:
-    """Run PPO as configured, writing ``metrics.jsonl`` into ``run_dir``; returns the summary."""
+    """Run PPO as configured, writing ``metrics.jsonl`` and checkpoints into ``run_dir``; returns the summary.
+
+    With ``cfg.resume`` set, continue from the newest valid checkpoint in ``run_dir/checkpoints``.
+    Raises :class:`RunStopped` after a signal (checkpoint written) or a non-finite loss.
+    """
     run_dir = Path(run_dir)
     task = build_task(cfg.dataset)
     lm, tokenizer = load_policy(cfg.model, cfg.dataset)
@@ -117,90 +170,122 @@ def train(cfg: Config, run_dir: Path) -> dict:
     k = cfg.trainer.rollouts_per_question
     sampler = build_sampler(cfg.sampler, task.train, cfg.trainer.batch_size, k, cfg.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
+    warmup = max(1, cfg.ppo.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     held_out = task.test[: cfg.eval.limit] if cfg.eval.limit else task.test
-    logger = MetricsLogger(run_dir, cfg.run_name, cfg.to_dict(), cfg.logger.wandb)
-    totals = {"counts/rollouts_total": 0, "counts/tokens_generated_total": 0}
+    checkpoints = run_dir / "checkpoints"
+    state, last_checkpoint = TrainState(), None
+    if cfg.resume:  # the reference above stays the starting policy; the checkpoint replaces the rest
+        state, last_checkpoint = resume(cfg, run_dir, policy, optimizer, schedule, sampler)
+    logger = MetricsLogger(run_dir, cfg.run_name, cfg.to_dict(), cfg.logger.wandb, wandb_id=state.wandb_id)
+    state.wandb_id = logger.run_id
     acc_key = f"eval/{task.name}/accuracy"
-    history: list[tuple[int, float]] = []
-    start = time.perf_counter()
+    start = time.perf_counter() - state.elapsed_s
 
     def run_eval(step: int) -> dict[str, float]:
         t = time.perf_counter()
         result = evaluate(eval_engine, held_out, task.name, cfg.dataset.grader, cfg.eval.samples, cfg.eval.pass_k)
-        history.append((step, result.metrics[acc_key]))
+        state.history.append((step, result.metrics[acc_key]))
         return {**result.metrics, "perf/eval_s": time.perf_counter() - t}
 
+    def save_checkpoint() -> Path:
+        state.elapsed_s = time.perf_counter() - start
+        return write_checkpoint(checkpoints, state.step, policy, tokenizer, optimizer, schedule, sampler, state,
+                                cfg.trainer.keep_checkpoints)
+
     progress = TrainProgress(cfg.trainer.steps, enabled=cfg.logger.progress)
+    progress.update(state.step, {}, acc_key)
     try:
-        row = {"step": 0, **totals, **run_eval(0), "time/elapsed_s": time.perf_counter() - start}
-        logger.log(row)
-        progress.update(0, row, acc_key)
-        for step in range(1, cfg.trainer.steps + 1):
-            t_step = time.perf_counter()
-            engine.reset_counters()
+        with GracefulStop() as stop:
+            if last_checkpoint is None:  # a new run: evaluate the starting policy
+                row = {"step": 0, **state.totals, **run_eval(0), "time/elapsed_s": time.perf_counter() - start}
+                logger.log(row)
+                progress.update(0, row, acc_key)
+            for step in range(state.step + 1, cfg.trainer.steps + 1):
+                t_step = time.perf_counter()
+                engine.reset_counters()
 
-            # 1. select: the sampler may roll out candidates itself (screening)
-            t = time.perf_counter()
-            selection = sampler.next_batch(step, engine.rollout)
-            # 2. roll out: questions the sampler handed back without rollouts
-            groups = selection.rollouts or engine.rollout(selection.problems, k)
-            select_s = time.perf_counter() - t
-            # 3. grade: done by the engine; flatten question by question (K consecutive answers each)
-            rollouts = [r for group in groups for r in group]
-            batch = collate(rollouts, tokenizer.pad_token_id, lm.device)
+                # 1. select: the sampler may roll out candidates itself (screening)
+                t = time.perf_counter()
+                selection = sampler.next_batch(step, engine.rollout)
+                # 2. roll out: questions the sampler handed back without rollouts
+                groups = selection.rollouts or engine.rollout(selection.problems, k)
+                select_s = time.perf_counter() - t
+                # 3. grade: done by the engine; flatten question by question (K consecutive answers each)
+                rollouts = [r for group in groups for r in group]
+                batch = collate(rollouts, tokenizer.pad_token_id, lm.device)
 
-            # 4. advantages, from one no-grad pass of the current (= old) policy and the reference
-            t = time.perf_counter()
-            with torch.no_grad():
-                logits, values = policy(batch["input_ids"], batch["attention_mask"])
-                old_logp, _, old_values = completion_view(batch, logits, values, cfg.rollout.temperature)
-                adv, returns = compute_advantages(cfg.ppo, batch, old_values, k)
-                old = {"logp": old_logp, "adv": adv}
-                if old_values is not None:
-                    old.update(values=old_values, returns=returns)
-                if reference is not None:
-                    ref_logits, _ = reference(batch["input_ids"], batch["attention_mask"])
-                    old["ref_logp"] = completion_view(batch, ref_logits, None, cfg.rollout.temperature)[0]
-            advantage_s = time.perf_counter() - t
+                # 4. advantages, from one no-grad pass of the current (= old) policy and the reference
+                t = time.perf_counter()
+                with torch.no_grad():
+                    logits, values = policy(batch["input_ids"], batch["attention_mask"])
+                    old_logp, _, old_values = completion_view(batch, logits, values, cfg.rollout.temperature)
+                    adv, returns = compute_advantages(cfg.ppo, batch, old_values, k)
+                    if step == cfg.trainer.debug_nan_step:  # testing aid: a non-finite loss on purpose
+                        adv = adv * math.nan
+                    old = {"logp": old_logp, "adv": adv}
+                    if old_values is not None:
+                        old.update(values=old_values, returns=returns)
+                    if reference is not None:
+                        ref_logits, _ = reference(batch["input_ids"], batch["attention_mask"])
+                        old["ref_logp"] = completion_view(batch, ref_logits, None, cfg.rollout.temperature)[0]
+                advantage_s = time.perf_counter() - t
 
-            # 5. update
-            t = time.perf_counter()
-            update_stats = ppo_update(policy, optimizer, cfg.ppo, batch, old, cfg.rollout.temperature)
-            sampler.observe(selection)
-            update_s = time.perf_counter() - t
+                # 5. update
+                t = time.perf_counter()
+                try:
+                    update_stats = ppo_update(policy, optimizer, cfg.ppo, batch, old, cfg.rollout.temperature)
+                except NonFiniteError as e:
+                    raise RunStopped(
+                        f"non-finite loss or gradient norm at step {step} ({e}); last good checkpoint: "
+                        f"{last_checkpoint or 'none'}; ppo.skip_nonfinite=true skips such updates", 1) from None
+                update_stats["ppo/lr"] = schedule.get_last_lr()[0]
+                schedule.step()
+                sampler.observe(selection)
+                update_s = time.perf_counter() - t
 
-            # 6. log / evaluate
-            spent = engine.reset_counters()
-            totals["counts/rollouts_total"] += spent.rollouts
-            totals["counts/tokens_generated_total"] += spent.tokens
-            mask = batch["completion_mask"]
-            row = {
-                "step": step, **totals,
-                "train/reward_mean": batch["rewards"].mean().item(),
-                "train/answer_tokens_mean": mask.sum(1).mean().item(),
-                "train/truncated_frac": float(np.mean([r.truncated for r in rollouts])),
-                **selection.stats, **update_stats,
-                "perf/select_s": select_s - spent.generate_s - spent.grade_s,
-                "perf/rollout_s": spent.generate_s, "perf/grade_s": spent.grade_s,
-                "perf/advantage_s": advantage_s, "perf/update_s": update_s,
-                "perf/tokens_per_s": spent.tokens / max(spent.generate_s, 1e-9),
-            }
-            if step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps:
-                row.update(run_eval(step))
-            row["perf/step_s"] = time.perf_counter() - t_step
-            row["time/elapsed_s"] = time.perf_counter() - start
-            logger.log(row)
-            progress.update(step, row, acc_key)
+                # 6. log / evaluate / checkpoint
+                spent = engine.reset_counters()
+                state.step = step
+                state.totals["counts/rollouts_total"] += spent.rollouts
+                state.totals["counts/tokens_generated_total"] += spent.tokens
+                mask = batch["completion_mask"]
+                row = {
+                    "step": step, **state.totals,
+                    "train/reward_mean": batch["rewards"].mean().item(),
+                    "train/answer_tokens_mean": mask.sum(1).mean().item(),
+                    "train/truncated_frac": float(np.mean([r.truncated for r in rollouts])),
+                    **selection.stats, **update_stats,
+                    "perf/select_s": select_s - spent.generate_s - spent.grade_s,
+                    "perf/rollout_s": spent.generate_s, "perf/grade_s": spent.grade_s,
+                    "perf/advantage_s": advantage_s, "perf/update_s": update_s,
+                    "perf/tokens_per_s": spent.tokens / max(spent.generate_s, 1e-9),
+                }
+                if step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps:
+                    row.update(run_eval(step))
+                row["perf/step_s"] = time.perf_counter() - t_step
+                row["time/elapsed_s"] = time.perf_counter() - start
+                logger.log(row)
+                progress.update(step, row, acc_key)
+                stopping = stop.signum is not None and step < cfg.trainer.steps
+                if step % cfg.trainer.checkpoint_every == 0 or stopping:
+                    last_checkpoint = save_checkpoint()
+                if stopping:
+                    raise RunStopped(f"interrupted at step {step}; resume with: lrn train resume={run_dir}",
+                                     128 + stop.signum)
+            if last_checkpoint is None or last_checkpoint.name != f"step_{state.step}":
+                last_checkpoint = save_checkpoint()  # the end of the run
         lm.save_pretrained(run_dir / "model")  # the final policy, loadable like any Hub model
         tokenizer.save_pretrained(run_dir / "model")
     finally:
         progress.close()
         logger.close()
+    history = state.history
     summary = {
         "run_dir": str(run_dir), "steps": cfg.trainer.steps, "sampler": cfg.sampler.name, "seed": cfg.seed,
         "accuracy_start": history[0][1], "accuracy_final": history[-1][1],
         "accuracy_best": max(a for _, a in history), "best_step": max(history, key=lambda h: h[1])[0],
-        **totals, "wall_s": time.perf_counter() - start, "metric": acc_key,
+        **state.totals, "wall_s": time.perf_counter() - start, "metric": acc_key,
     }
     if cfg.logger.progress:
         print_summary(summary)

@@ -25,7 +25,7 @@ from lrn.tasks.arithmetic import build_splits, make_problem
 from lrn.tasks.base import question_hash
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = 1  # bump when the warm-start code changes what it produces
+RECIPE_VERSION = 2  # bump when the warm-start code changes what it produces
 
 
 def cache_key(cfg: ModelConfig, task_cfg: ArithmeticConfig) -> str:
@@ -81,10 +81,10 @@ def warm_start(cfg: ModelConfig, task_cfg, device: torch.device) -> Path:
     rng = random.Random(ws.seed)
     levels = list(range(1, task_cfg.levels + 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=ws.lr, betas=(0.9, 0.98))
-    # linear warm-up over the first 10% of steps, then linear decay to 10% of the peak rate
+    # linear warm-up over the first 10% of steps, then constant: no decay, so the model is left on the
+    # steep part of its learning curve, where RL's gradients still carry signal (README)
     warmup = max(1, ws.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (1.0 - 0.9 * s / max(1, ws.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     model.train()
     start = time.perf_counter()
     for step in range(ws.steps):

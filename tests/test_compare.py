@@ -20,11 +20,11 @@ from lrn.compare import (
     default_target,
     find_baseline,
     group_runs,
-    render_markdown,
     steps_to_target,
     summarise,
     varying_keys,
 )
+from lrn.report import render_markdown
 
 ACC = "eval/arithmetic/accuracy"
 STEPS = [0, 10, 20, 30, 40, 50]

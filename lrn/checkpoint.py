@@ -1,0 +1,315 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+``<run_dir>/checkpoints/step_<N>/`` holds
+
+- ``model/``: the policy (``save_pretrained``: safetensors weights, config, tokenizer), loadable
+  with ``from_pretrained`` or ``lrn eval``;
+- ``value_head.safetensors``: the GAE value head, when there is one;
+- ``optimizer.safetensors`` + ``optimizer.json``: the optimizer's and LR schedule's state dicts
+  (tensors in the first file, the structure around them in the second);
+- ``state.safetensors`` + ``state.json``: step, cumulative totals, evaluation history, elapsed
+  seconds, W&B run id, sampler state and every RNG state (Python, NumPy, torch CPU and CUDA);
+- ``manifest.json``, written last: every file above with its size.
+
+A checkpoint is written into a temporary directory and renamed into place, so a kill at any moment
+leaves the earlier checkpoints intact. Only safe loaders are used: safetensors and JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+STEP_DIR = re.compile(r"step_(\d+)")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written, read or applied; one line naming the file."""
+
+
+@dataclass
+class TrainState:
+    """What the loop carries from step to step besides model, optimizer and sampler."""
+
+    step: int = 0
+    totals: dict[str, int] = field(
+        default_factory=lambda: {"counts/rollouts_total": 0, "counts/tokens_generated_total": 0})
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out accuracy)
+    elapsed_s: float = 0.0
+    wandb_id: str | None = None
+
+
+# -- JSON + safetensors trees ------------------------------------------------------------------------
+
+def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """A JSON-able copy of ``obj``; tensors go into ``tensors`` and leave a reference behind.
+
+    Tuples, non-string dict keys and NumPy arrays are tagged so that :func:`decode` restores the
+    exact types (``random.getstate()``, ``np.random.get_state()``, optimizer state keys).
+    """
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().contiguous()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__items__": [[k, encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at {path or 'top level'}")
+
+
+def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`encode`."""
+    if isinstance(obj, list):
+        return [decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return np.array(obj["__ndarray__"], dtype=obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(decode(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {k: decode(v, tensors) for k, v in obj["__items__"]}
+    return {k: decode(v, tensors) for k, v in obj.items()}
+
+
+def write_tree(directory: Path, name: str, tree: Any) -> None:
+    """``<name>.safetensors`` (the tensors) and ``<name>.json`` (everything else)."""
+    tensors: dict[str, torch.Tensor] = {}
+    structure = encode(tree, tensors)
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps(structure))
+
+
+def read_tree(directory: Path, name: str) -> Any:
+    tensors = _read(directory / f"{name}.safetensors", lambda p: load_file(str(p)))
+    return decode(_read(directory / f"{name}.json", lambda p: json.loads(p.read_text())), tensors)
+
+
+def _read(path: Path, loader) -> Any:
+    try:
+        return loader(path)
+    except Exception as e:  # noqa: BLE001 - any parse error means the file is damaged
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: {first})") from None
+
+
+# -- RNG ---------------------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG the loop draws from."""
+    return {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            log.warning("checkpoint has %d CUDA RNG states, this machine %d GPUs: CUDA sampling will differ "
+                        "from an uninterrupted run", len(state["cuda"]), torch.cuda.device_count())
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
+# -- the checkpoint directory ------------------------------------------------------------------------
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """``step_<N>`` directories under ``root``, newest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(root: Path, step: int, policy, tokenizer, optimizer, scheduler, sampler, state: TrainState,
+                     keep: int) -> Path:
+    """Write ``root/step_<step>`` atomically, then delete all but the newest ``keep`` checkpoints."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private
+    try:
+        policy.lm.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        if policy.value_head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                      str(tmp / "value_head.safetensors"))
+        write_tree(tmp, "optimizer", {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        write_tree(tmp, "state", {"trainer": dataclasses.asdict(state), "sampler": sampler.state_dict(),
+                                  "rng": rng_state()})
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                _fsync(p)
+        if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
+            final.rename(root / f".old-{final.name}-{os.getpid()}")
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(root, keep)
+    return final
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints, and leftovers of interrupted writes."""
+    for path in list_checkpoints(root)[keep:]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(".tmp-step_*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(".old-step_*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read fully into memory (CPU) and checked, ready to apply."""
+
+    path: Path
+    state: TrainState
+    model: dict[str, torch.Tensor]
+    value_head: dict[str, torch.Tensor] | None
+    optimizer: dict
+    scheduler: dict
+    sampler: dict
+    rng: dict
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read and check every file of one checkpoint; :class:`CheckpointError` names the first bad one."""
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise CheckpointError(f"{manifest_path}: missing (the checkpoint was never completed)")
+    manifest = _read(manifest_path, lambda p: json.loads(p.read_text()))
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{manifest_path}: not a format-{FORMAT} lrn checkpoint manifest")
+    for rel, size in files.items():
+        file = path / rel
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing")
+        if file.stat().st_size != size:
+            raise CheckpointError(f"{file}: truncated or overwritten ({file.stat().st_size} bytes, expected {size})")
+    model: dict[str, torch.Tensor] = {}
+    for file in sorted((path / "model").glob("*.safetensors")):
+        model.update(_read(file, lambda p: load_file(str(p))))
+    if not model:
+        raise CheckpointError(f"{path / 'model'}: no safetensors weights")
+    head_file = path / "value_head.safetensors"
+    value_head = _read(head_file, lambda p: load_file(str(p))) if head_file.exists() else None
+    opt = read_tree(path, "optimizer")
+    tree = read_tree(path, "state")
+    try:
+        state = TrainState(**tree["trainer"])
+        return Checkpoint(path, state, model, value_head, opt["optimizer"], opt["scheduler"], tree["sampler"],
+                          tree["rng"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}/state.json or optimizer.json: unexpected structure ({e})") from None
+
+
+def latest_checkpoint(root: Path) -> Checkpoint:
+    """The newest checkpoint that reads back completely; damaged ones are reported and skipped."""
+    candidates = list_checkpoints(root)
+    if not candidates:
+        raise CheckpointError(f"no checkpoint in {root}: the run stopped before its first checkpoint "
+                              "(trainer.checkpoint_every); start it again as a new run")
+    for path in candidates:
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("damaged checkpoint, skipped: %s", e)
+    raise CheckpointError(f"no valid checkpoint in {root} (tried {', '.join(p.name for p in candidates)}; "
+                          "see the warnings above)")
+
+
+def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy ``tensors`` into ``module``; weights missing from the file must be tied to loaded ones."""
+    own = module.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    if unexpected:
+        raise CheckpointError(f"{where}: weights the model does not have ({', '.join(unexpected[:3])}); "
+                              "was the model changed since the run started?")
+    loaded = {own[k].data_ptr() for k in tensors}
+    untied = [k for k in own if k not in tensors and own[k].data_ptr() not in loaded]
+    if untied:
+        raise CheckpointError(f"{where}: weights missing from the checkpoint ({', '.join(untied[:3])})")
+    try:
+        module.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: does not fit the model ({str(e).splitlines()[-1].strip()})") from None
+
+
+def apply_checkpoint(ckpt: Checkpoint, policy, optimizer, scheduler, sampler, lr: float | None = None) -> TrainState:
+    """Load a checkpoint into the freshly built objects; RNG states last, so nothing draws after them.
+
+    ``lr``: the configured base learning rate; if it differs from the checkpoint's (a forced resume),
+    the schedule is rescaled to it.
+    """
+    load_weights(policy.lm, ckpt.model, ckpt.path / "model")
+    if (policy.value_head is None) != (ckpt.value_head is None):
+        raise CheckpointError(f"{ckpt.path}: the checkpoint {'has' if ckpt.value_head else 'lacks'} a value head "
+                              "and this config does the opposite (ppo.advantage changed?)")
+    if policy.value_head is not None:
+        load_weights(policy.value_head, ckpt.value_head, ckpt.path / "value_head.safetensors")
+    try:
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        sampler.load_state_dict(ckpt.sampler)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt.path}: optimizer or sampler state does not fit this config ({e})") from None
+    if lr is not None and scheduler.base_lrs != [lr] * len(scheduler.base_lrs):
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"], group["initial_lr"] = group["lr"] * lr / base, lr
+        scheduler.base_lrs = [lr] * len(scheduler.base_lrs)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    set_rng_state(ckpt.rng)
+    return ckpt.state
+
+
+def discard_newer(root: Path, ckpt: Checkpoint) -> None:
+    """Delete checkpoints newer than the one resumed from (they were found damaged)."""
+    for path in list_checkpoints(root):
+        if int(path.name[5:]) > ckpt.state.step:
+            log.warning("deleting damaged checkpoint %s: the run continues from %s", path, ckpt.path.name)
+            shutil.rmtree(path, ignore_errors=True)

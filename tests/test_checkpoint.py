@@ -1,0 +1,236 @@
+"""Checkpoints and exact resume: a run that is killed, interrupted or damaged continues exactly."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY
+
+from lrn.checkpoint import (
+    CheckpointError,
+    TrainState,
+    apply_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    read_tree,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+    write_tree,
+)
+from lrn.config import TinyModelConfig
+from lrn.logger import truncate_metrics
+from lrn.models import PolicyWithValue, build_char_tokenizer, build_tiny_model
+from lrn.resume import config_changes, resume_overrides
+from lrn.samplers.uniform import UniformSampler
+from lrn.tasks import Problem
+
+RUN = [*TINY, "trainer.steps=6", "trainer.checkpoint_every=2"]
+_baseline: dict[str, Path] = {}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(("perf/", "time/"))} for r in rows]
+
+
+def assert_same_as_uninterrupted(run_dir: Path, baseline: Path) -> None:
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(7))
+    assert without_timings(rows) == without_timings(read_metrics(baseline))
+    elapsed = [r["time/elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed)  # the clock continues from the checkpoint
+
+
+@pytest.fixture
+def baseline(run_lrn, tmp_path_factory) -> Path:
+    """An uninterrupted run of RUN, made once per session; copy it before changing it."""
+    if "run" not in _baseline:
+        run_dir = tmp_path_factory.mktemp("baseline") / "run"
+        run_lrn("train", *RUN, f"hydra.run.dir={run_dir}")
+        _baseline["run"] = run_dir
+    return _baseline["run"]
+
+
+def start_run(cache_dir: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "LRN_CACHE": str(cache_dir), "WANDB_SILENT": "true"}
+    return subprocess.Popen([sys.executable, "-m", "lrn.cli", "train", *RUN, *extra, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 300) -> None:
+    """Poll metrics.jsonl until the row of ``step`` is complete (rows are steps 0, 1, ... one per line)."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.exists() and metrics.read_text().count("\n") >= step + 1:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before step {step}:\n{proc.stderr.read()[-2000:]}")
+        time.sleep(0.002)
+    proc.kill()
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_resume_equals_uninterrupted(run_lrn, cache_dir, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_run(cache_dir, run_dir)
+    wait_for_step(proc, run_dir, 3)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run_dir / "model").exists()
+    run_lrn("train", f"resume={run_dir}")
+    assert_same_as_uninterrupted(run_dir, baseline)
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_6", "step_4"]  # keep 2
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_exits(run_lrn, cache_dir, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_run(cache_dir, run_dir, "trainer.checkpoint_every=100")  # only the interrupt writes one
+    wait_for_step(proc, run_dir, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    (line,) = [ln for ln in stderr.splitlines() if "interrupted at step" in ln]
+    step = int(line.split("interrupted at step ")[1].split(";")[0])
+    assert 3 <= step < 6 and line.endswith(f"resume with: lrn train resume={run_dir}")
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [f"step_{step}"]
+    assert read_metrics(run_dir)[-1]["step"] == step
+    run_lrn("train", f"resume={run_dir}")
+    assert_same_as_uninterrupted(run_dir, baseline)
+
+
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(run_lrn, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    weights = run_dir / "checkpoints" / "step_6" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    proc = run_lrn("train", f"resume={run_dir}")
+    output = proc.stdout + proc.stderr
+    assert f"{weights}: truncated" in output
+    assert "resuming" in output and "step_4" in output
+    assert_same_as_uninterrupted(run_dir, baseline)
+    assert latest_checkpoint(run_dir / "checkpoints").path.name == "step_6"  # rewritten, valid again
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_the_run_or_is_skipped(run_lrn, tmp_path):
+    stopped, skipped = tmp_path / "stopped", tmp_path / "skipped"
+    proc = run_lrn("train", *RUN, "trainer.debug_nan_step=3", f"hydra.run.dir={stopped}", check=False)
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if "non-finite" in ln]
+    assert "at step 3" in line and f"last good checkpoint: {stopped / 'checkpoints' / 'step_2'}" in line
+    assert [r["step"] for r in read_metrics(stopped)] == [0, 1, 2]
+    run_lrn("train", *RUN, "trainer.debug_nan_step=3", "ppo.skip_nonfinite=true", f"hydra.run.dir={skipped}")
+    rows = read_metrics(skipped)
+    assert [r["step"] for r in rows] == list(range(7))
+    assert [r["ppo/skipped_updates"] for r in rows[1:]] == [0, 0, 2 * 2, 0, 0, 0]  # epochs x mini-batches
+    assert "loss/policy" not in rows[3] and "loss/policy" in rows[4]
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_experiment_but_allows_cadences(run_lrn, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    before = (run_dir / "metrics.jsonl").read_text(), (run_dir / ".hydra" / "overrides.yaml").read_text()
+    for change, key in (("seed=1", "seed"), ("sampler=uniform", "sampler.name")):
+        proc = run_lrn("train", f"resume={run_dir}", change, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and f"{key} (" in proc.stderr and "force_resume=true" in proc.stderr
+    assert ((run_dir / "metrics.jsonl").read_text(), (run_dir / ".hydra" / "overrides.yaml").read_text()) == before
+    run_lrn("train", f"resume={run_dir}", "trainer.eval_every=1", "trainer.steps=7")
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(8)) and "eval/arithmetic/accuracy" in rows[7]
+    assert without_timings(rows[:7]) == without_timings(read_metrics(baseline))
+
+
+# -- in-process units (fast) -------------------------------------------------------------------------
+
+def small_run_objects():
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    lm = build_tiny_model(TinyModelConfig(layers=1, width=16, heads=2, ffn=32), tokenizer)
+    policy = PolicyWithValue(lm, with_value=True)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 3))
+    ids = torch.randint(3, 40, (2, 6))
+    for _ in range(2):
+        logits, values = policy(ids, torch.ones_like(ids))
+        (logits.mean() + values.mean()).backward()
+        optimizer.step()
+        schedule.step()
+    sampler = UniformSampler([Problem(str(i), f"{i}+1", str(i + 1)) for i in range(10)], 2, 2, seed=0)
+    sampler.draw(3)
+    return policy, tokenizer, optimizer, schedule, sampler
+
+
+def test_trees_round_trip_optimizer_and_rng_state_exactly(tmp_path):
+    policy, _, optimizer, schedule, sampler = small_run_objects()
+    random.random(), np.random.rand(), torch.rand(1)
+    tree = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "sampler": sampler.state_dict(),
+            "rng": rng_state()}
+    write_tree(tmp_path, "t", tree)
+    back = read_tree(tmp_path, "t")
+    draws = random.random(), float(np.random.rand()), torch.rand(3)
+    set_rng_state(back["rng"])
+    assert (random.random(), float(np.random.rand())) == draws[:2] and torch.equal(torch.rand(3), draws[2])
+    assert back["scheduler"] == schedule.state_dict() and back["sampler"] == sampler.state_dict()
+    original = optimizer.state_dict()
+    assert back["optimizer"]["param_groups"] == original["param_groups"]
+    assert back["optimizer"]["state"].keys() == original["state"].keys()
+    for i, entry in original["state"].items():
+        assert all(torch.equal(back["optimizer"]["state"][i][k], v) for k, v in entry.items())
+
+
+def test_damaged_checkpoints_are_skipped_with_a_warning_naming_the_file(tmp_path, caplog):
+    objects = small_run_objects()
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        write_checkpoint(root, step, *objects, TrainState(step=step, history=[(0, 0.5)]), keep=2)
+    assert [p.name for p in list_checkpoints(root)] == ["step_3", "step_2"]
+    state_json = root / "step_3" / "state.json"
+    state_json.write_text("x" * state_json.stat().st_size)  # same size, garbage
+    ckpt = latest_checkpoint(root)
+    assert ckpt.path.name == "step_2" and ckpt.state.history == [(0, 0.5)]
+    assert f"{state_json}: unreadable" in caplog.text
+    policy, _, optimizer, schedule, sampler = small_run_objects()
+    assert apply_checkpoint(ckpt, policy, optimizer, schedule, sampler).step == 2
+    head = root / "step_2" / "value_head.safetensors"
+    head.write_bytes(head.read_bytes()[:10])
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        latest_checkpoint(root)
+
+
+def test_resume_overrides_and_config_changes(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints" / "step_2").mkdir(parents=True)
+    (tmp_path / "resolved_config.yaml").write_text("seed: 0\n")
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=3\n- trainer.steps=5\n- resume=/old\n")
+    assert resume_overrides(tmp_path, ["resume=x", "trainer.steps=9", "--cfg", "job"]) == [
+        "seed=3", f"resume={tmp_path}", "trainer.steps=9", f"hydra.run.dir={tmp_path}", "--cfg", "job"]
+    old = {"seed": 0, "trainer": {"steps": 5, "eval_every": 2}, "logger": {"progress": True}, "ppo": {"lr": 1e-4}}
+    new = {"seed": 1, "trainer": {"steps": 9, "eval_every": 1}, "logger": {"progress": False}, "ppo": {"lr": 1e-4}}
+    assert config_changes(old, new) == [("seed", 0, 1)]
+
+
+def test_truncate_metrics_drops_later_and_partial_rows(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3, "x": ')
+    truncate_metrics(path, 1)
+    assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
