@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-IGNORED_KEYS = {"seed", "run_name"}
+IGNORED_KEYS = {"seed", "run_name", "model.warm_start.cache_dir"}  # not part of the experiment
 IGNORED_PREFIXES = ("logger.", "eval.", "hydra.")
 METRIC_RE = re.compile(r"^eval/[^/]+/accuracy$")
 TOKENS, SECONDS = "counts/tokens_generated_total", "time/elapsed_s"

@@ -197,6 +197,9 @@ def test_default_grouping_picks_varying_keys_and_ignores_seed():
         "sampler.name=uniform,trainer.batch_size=32": ["u0", "u1"],
         "sampler.name=uniform,trainer.batch_size=128": ["u128"]}
     assert list(group_runs(runs[:2])) == ["all"]
+    # where a run cached its warm start is not part of the experiment
+    moved = mem_run("u2", {0: 0.1, 10: 0.5}, seed=2, **{"model.warm_start.cache_dir": "/elsewhere"})
+    assert varying_keys([*runs, moved]) == ["sampler.name", "trainer.batch_size"]
     assert list(group_runs(runs, ["sampler"])) == ["sampler.name=learnability", "sampler.name=uniform"]
     pool = [mem_run("l2", {0: 0.1}, sampler="learnability", **{"sampler.pool_factor": 2}), *runs[:3]]
     assert list(group_runs(pool)) == ["sampler.name=learnability,sampler.pool_factor=2",
