@@ -219,7 +219,7 @@ def eval_command(ctx: typer.Context) -> None:
     from lrn.evaluate import evaluate, write_results
     from lrn.logger import MetricsLogger
     from lrn.models import load_policy
-    from lrn.progress import print_eval
+    from lrn.progress import eval_progress, print_eval
     from lrn.rollout import RolloutEngine
     from lrn.tasks import build_task
 
@@ -246,9 +246,11 @@ def eval_command(ctx: typer.Context) -> None:
     from lrn.trainer import seed_everything
 
     seed_everything(config.seed)
-    engine = RolloutEngine(lm, tokenizer, task, config.rollout.temperature, config.rollout.top_p,
-                           config.eval.batch_size)
-    result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples, config.eval.pass_k)
+    with eval_progress(len(problems) * (1 + config.eval.samples)) as advance:
+        engine = RolloutEngine(lm, tokenizer, task, config.rollout.temperature, config.rollout.top_p,
+                               config.eval.batch_size, on_batch=advance)
+        result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples,
+                          config.eval.pass_k)
     write_results(result, out, config.to_dict())
     logger = MetricsLogger(out, f"eval-{config.run_name}", config.to_dict(), config.logger.wandb)
     logger.log({"step": 0, **result.metrics})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -58,3 +61,12 @@ def print_eval(metrics: dict[str, float], n: int, out) -> None:
         table.add_row(key, f"{value:.4f}")
     Console().print(table)
     console.print(f"records and summary written to {out}")
+
+
+@contextmanager
+def eval_progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar over generated answers; yields the function that advances it."""
+    with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("eval", total=total)
+        yield lambda n: progress.advance(task, n)

@@ -46,9 +46,11 @@ class RolloutEngine:
     """Samples K answers per problem from a Hugging Face causal LM and grades them."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
-                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 1024):
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 1024,
+                 on_batch: Callable[[int], None] | None = None):
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
+        self.on_batch = on_batch  # called with the number of sequences after each generated batch
         self.counters = EngineCounters()
 
     @torch.no_grad()
@@ -72,6 +74,8 @@ class RolloutEngine:
                 prompt_ids = [t for t, m in zip(row, mask, strict=True) if m]
                 completion = seq[: seq.index(eos) + 1] if eos in seq else seq
                 out.append((prompt_ids, completion, eos not in completion))
+            if self.on_batch is not None:
+                self.on_batch(len(chunk))
         self.model.train(was_training)
         return out
 
