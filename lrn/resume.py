@@ -17,11 +17,12 @@ from omegaconf import OmegaConf
 from lrn.config import Config, ConfigError
 
 # Keys (or prefixes ending in ".") that may change on resume: cadences, run length, memory bounds,
-# logging, and the two non-finite switches (so a run stopped by a NaN can go on with skips).
+# logging, where the warm start is cached, and the two non-finite switches (so a run stopped by a
+# NaN can go on with skips).
 HARMLESS = (
     "resume", "force_resume", "run_name", "trainer.steps", "trainer.eval_every", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.debug_nan_step", "ppo.skip_nonfinite", "rollout.batch_size",
-    "eval.batch_size", "eval.output_dir", "logger.",
+    "eval.batch_size", "eval.output_dir", "logger.", "model.warm_start.cache_dir",
 )
 INVOCATION_KEYS = ("resume", "force_resume")  # about this command, not the run: never carried over
 

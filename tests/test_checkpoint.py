@@ -227,6 +227,9 @@ def test_resume_overrides_and_config_changes(tmp_path):
     old = {"seed": 0, "trainer": {"steps": 5, "eval_every": 2}, "logger": {"progress": True}, "ppo": {"lr": 1e-4}}
     new = {"seed": 1, "trainer": {"steps": 9, "eval_every": 1}, "logger": {"progress": False}, "ppo": {"lr": 1e-4}}
     assert config_changes(old, new) == [("seed", 0, 1)]
+    # where the warm start is cached (another machine's LRN_CACHE) does not change the experiment
+    moved = {**new, "seed": 0, "model": {"warm_start": {"cache_dir": "/other"}}}
+    assert config_changes({**old, "model": {"warm_start": {"cache_dir": "/mine"}}}, moved) == []
 
 
 def test_truncate_metrics_drops_later_and_partial_rows(tmp_path):
