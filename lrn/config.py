@@ -129,6 +129,10 @@ class UniformSamplerConfig:
         pass
 
 
+def _check_mix(key: str, mix: float) -> None:
+    _check(0 <= mix <= 1, f"{key}.mix", mix, "the uniformly drawn fraction of each batch must be in [0, 1]")
+
+
 @dataclass
 class LearnabilitySamplerConfig:
     """LILO: screen pool_factor x batch candidates with K rollouts, keep the top p(1-p)."""
@@ -136,10 +140,70 @@ class LearnabilitySamplerConfig:
     name: str = "learnability"
     pool_factor: float = 4.0
     bessel: bool = True
+    mix: float = 0.0
 
     def validate(self, key: str) -> None:
         _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor,
                "the candidate pool must be at least the batch: use >= 1")
+        _check_mix(key, self.mix)
+
+
+@dataclass
+class DynamicFilterSamplerConfig:
+    """DAPO dynamic sampling: draw uniformly, drop all-equal groups, redraw until full or max_draws."""
+
+    name: str = "dynamic_filter"
+    max_draws: int = 8
+    draw_factor: float = 1.0
+    mix: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _check(self.max_draws >= 1, f"{key}.max_draws", self.max_draws, "must be >= 1")
+        _check(self.draw_factor > 0, f"{key}.draw_factor", self.draw_factor, "must be > 0 (questions per draw / batch)")
+        _check_mix(key, self.mix)
+
+
+@dataclass
+class AdaptiveSamplerConfig:
+    """LILO Algorithm 3: a cheap first screen, then more rollouts for the most learnable candidates."""
+
+    name: str = "learnability_adaptive"
+    pool_factor: float = 4.0
+    initial_rollouts: int = 2
+    chunk_rollouts: int = 2
+    budget_factor: float = 1.5
+    mix: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor, "must be >= 1")
+        _check(self.initial_rollouts >= 2, f"{key}.initial_rollouts", self.initial_rollouts,
+               "must be >= 2: one answer cannot show a mixed result")
+        _check(self.chunk_rollouts >= 1, f"{key}.chunk_rollouts", self.chunk_rollouts, "must be >= 1")
+        _check(self.budget_factor > 0, f"{key}.budget_factor", self.budget_factor,
+               "must be > 0 (screening rollouts per step / (batch x K))")
+        _check_mix(key, self.mix)
+
+
+@dataclass
+class HistorySamplerConfig:
+    """Per-question Beta posterior over every rollout made, decayed with age; optional small screen."""
+
+    name: str = "learnability_history"
+    prior: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    decay: float = 0.95
+    score: str = "expected"
+    screen_factor: float = 0.0
+    screen_rollouts: int = 2
+    mix: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _check(len(self.prior) == 2 and min(self.prior) > 0, f"{key}.prior", self.prior,
+               "must be [alpha, beta], both > 0")
+        _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")
+        _check(self.score in ("thompson", "expected"), f"{key}.score", self.score, "allowed: thompson, expected")
+        _check(self.screen_factor >= 0, f"{key}.screen_factor", self.screen_factor, "must be >= 0 (0: no screen)")
+        _check(self.screen_rollouts >= 1, f"{key}.screen_rollouts", self.screen_rollouts, "must be >= 1")
+        _check_mix(key, self.mix)
 
 
 @dataclass
@@ -254,7 +318,11 @@ class LoggerConfig:
 
 
 DATASETS: dict[str, type] = {"arithmetic": ArithmeticConfig}
-SAMPLERS: dict[str, type] = {"uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig}
+SAMPLERS: dict[str, type] = {
+    "uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig,
+    "dynamic_filter": DynamicFilterSamplerConfig, "learnability_adaptive": AdaptiveSamplerConfig,
+    "learnability_history": HistorySamplerConfig,
+}
 
 
 @dataclass
@@ -279,9 +347,10 @@ class Config:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
-        if self.sampler.name.startswith("learnability"):
+        if self.sampler.name != "uniform":
             _check(self.trainer.rollouts_per_question >= 2, "trainer.rollouts_per_question",
-                   self.trainer.rollouts_per_question, "learnability needs K >= 2 rollouts to estimate p(1-p)")
+                   self.trainer.rollouts_per_question, f"sampler={self.sampler.name} needs K >= 2 rollouts "
+                   "to see a mixed result")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

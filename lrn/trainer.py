@@ -241,7 +241,6 @@ def train(cfg: Config, run_dir: Path) -> dict:
                         f"{last_checkpoint or 'none'}; ppo.skip_nonfinite=true skips such updates", 1) from None
                 update_stats["ppo/lr"] = schedule.get_last_lr()[0]
                 schedule.step()
-                sampler.observe(selection)
                 update_s = time.perf_counter() - t
 
                 # 6. log / evaluate / checkpoint

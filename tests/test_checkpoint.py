@@ -160,6 +160,20 @@ def test_resume_refuses_a_changed_experiment_but_allows_cadences(run_lrn, baseli
     assert without_timings(rows[:7]) == without_timings(read_metrics(baseline))
 
 
+@pytest.mark.slow
+def test_history_sampler_posterior_survives_resume(run_lrn, tmp_path):
+    """Resuming from step 4 repeats steps 5-6 exactly only if the posterior came back with the checkpoint."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_lrn("train", *RUN, "sampler=learnability_history", f"hydra.run.dir={full}")
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_6")
+    shutil.rmtree(resumed / "model")
+    state = read_tree(resumed / "checkpoints" / "step_4", "state")["sampler"]
+    assert state["right"].sum() + state["wrong"].sum() > 0 and state["last"].max() == 4
+    run_lrn("train", f"resume={resumed}")
+    assert without_timings(read_metrics(resumed)) == without_timings(read_metrics(full))
+
+
 # -- in-process units (fast) -------------------------------------------------------------------------
 
 def small_run_objects():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from lrn.samplers.adaptive import AdaptiveLearnabilitySampler
 from lrn.samplers.base import Sampler, Selection
+from lrn.samplers.dynamic_filter import DynamicFilterSampler
+from lrn.samplers.history import HistorySampler
 from lrn.samplers.learnability import LearnabilitySampler
 from lrn.samplers.uniform import UniformSampler
 from lrn.tasks import Problem
@@ -12,8 +15,17 @@ __all__ = ["Sampler", "Selection", "build_sampler"]
 
 def build_sampler(cfg, pool: list[Problem], batch_size: int, k: int, seed: int) -> Sampler:
     """Instantiate the sampler a sampler config dataclass names."""
+    args = (pool, batch_size, k, seed)
     if cfg.name == "uniform":
-        return UniformSampler(pool, batch_size, k, seed)
+        return UniformSampler(*args)
     if cfg.name == "learnability":
-        return LearnabilitySampler(pool, batch_size, k, seed, cfg.pool_factor, cfg.bessel)
+        return LearnabilitySampler(*args, cfg.pool_factor, cfg.bessel, cfg.mix)
+    if cfg.name == "dynamic_filter":
+        return DynamicFilterSampler(*args, cfg.max_draws, cfg.draw_factor, cfg.mix)
+    if cfg.name == "learnability_adaptive":
+        return AdaptiveLearnabilitySampler(*args, cfg.pool_factor, cfg.initial_rollouts, cfg.chunk_rollouts,
+                                           cfg.budget_factor, cfg.mix)
+    if cfg.name == "learnability_history":
+        return HistorySampler(*args, tuple(cfg.prior), cfg.decay, cfg.score, cfg.screen_factor, cfg.screen_rollouts,
+                              cfg.mix)
     raise ValueError(f"unknown sampler {cfg.name!r}")  # pragma: no cover - the schema admits known names

@@ -8,22 +8,20 @@ broken at random: candidates arrive in random order and the sort is stable.
 from __future__ import annotations
 
 from lrn.rollout import RolloutFn
-from lrn.samplers.base import Sampler, Selection, learnability, selection_stats
+from lrn.samplers.base import Pick, Sampler, learnability
 
 
 class LearnabilitySampler(Sampler):
     def __init__(self, pool, batch_size: int, k: int, seed: int, pool_factor: float = 4.0,
-                 bessel: bool = True):
-        super().__init__(pool, batch_size, k, seed)
+                 bessel: bool = True, mix: float = 0.0):
+        super().__init__(pool, batch_size, k, seed, mix)
         self.pool_size = max(batch_size, round(pool_factor * batch_size))
         self.bessel = bessel
 
-    def next_batch(self, step: int, rollout_fn: RolloutFn) -> Selection:
+    def select(self, step: int, rollout_fn: RolloutFn, n: int) -> Pick:
         candidates = self.draw(self.pool_size)
         groups = rollout_fn(candidates, self.k)
         scores = [learnability(g, self.bessel) for g in groups]
-        keep = sorted(range(len(candidates)), key=lambda i: -scores[i])[: self.batch_size]
-        chosen = [groups[i] for i in keep]
-        screening = (len(candidates) - len(keep)) * self.k
-        stats = selection_stats(groups, chosen, screening, [candidates[i].level for i in keep])
-        return Selection([candidates[i] for i in keep], chosen, stats)
+        keep = sorted(range(len(candidates)), key=lambda i: -scores[i])[:n]
+        return Pick([candidates[i] for i in keep], [groups[i] for i in keep], screened=groups,
+                    screening_rollouts=(len(candidates) - len(keep)) * self.k)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from lrn.rollout import RolloutFn
-from lrn.samplers.base import Sampler, Selection, selection_stats
+from lrn.samplers.base import Pick, Sampler
 
 
 class UniformSampler(Sampler):
-    def next_batch(self, step: int, rollout_fn: RolloutFn) -> Selection:
-        problems = self.draw(self.batch_size)
+    def select(self, step: int, rollout_fn: RolloutFn, n: int) -> Pick:
+        problems = self.draw(n)
         groups = rollout_fn(problems, self.k)
-        stats = selection_stats(groups, groups, 0, [p.level for p in problems])
-        return Selection(problems, groups, stats)
+        return Pick(problems, groups, screened=groups)
