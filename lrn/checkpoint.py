@@ -286,7 +286,15 @@ def apply_checkpoint(ckpt: Checkpoint, policy, optimizer, scheduler, sampler, lr
     ``lr``: the configured base learning rate; if it differs from the checkpoint's (a forced resume),
     the schedule is rescaled to it.
     """
-    load_weights(policy.lm, ckpt.model, ckpt.path / "model")
+    if hasattr(policy.lm, "peft_config"):  # a LoRA run: the checkpoint holds the adapters only
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(policy.lm, ckpt.model)
+        if result.unexpected_keys:
+            raise CheckpointError(f"{ckpt.path / 'model'}: adapter weights the model does not have "
+                                  f"({', '.join(result.unexpected_keys[:3])}); was model.lora changed?")
+    else:
+        load_weights(policy.lm, ckpt.model, ckpt.path / "model")
     if (policy.value_head is None) != (ckpt.value_head is None):
         raise CheckpointError(f"{ckpt.path}: the checkpoint {'has' if ckpt.value_head else 'lacks'} a value head "
                               "and this config does the opposite (ppo.advantage changed?)")

@@ -185,6 +185,11 @@ def compare(
     typer.echo(f"wrote {', '.join(map(str, paths))}")
 
 
+def is_model_dir(path: Path) -> bool:
+    """A saved model (config.json) or LoRA adapter (adapter_config.json)."""
+    return (path / "config.json").exists() or (path / "adapter_config.json").exists()
+
+
 def eval_target(args: list[str]) -> tuple[list[str], Path | None]:
     """Split `lrn eval` arguments into Hydra overrides and an optional run or model directory.
 
@@ -200,10 +205,10 @@ def eval_target(args: list[str]) -> tuple[list[str], Path | None]:
     target = Path(paths[0])
     if not target.is_dir():
         fail(f"{target}: no such directory; give a run directory (outputs/...) or a model directory")
-    if (target / "config.json").exists():
+    if is_model_dir(target):
         return [*overrides, f"model.name_or_path={target.resolve()}"], None
     model = target / "model"
-    if not (model / "config.json").exists():
+    if not is_model_dir(model):
         fail(f"{target}: neither a model directory (config.json) nor a finished run directory (model/config.json)")
     saved = target / ".hydra" / "overrides.yaml"
     original = [o for o in OmegaConf.load(saved) if not o.lstrip("+~").startswith("hydra")
@@ -218,7 +223,7 @@ def eval_command(ctx: typer.Context) -> None:
 
     from lrn.evaluate import evaluate, write_results
     from lrn.logger import MetricsLogger
-    from lrn.models import load_policy
+    from lrn.models import load_policy, prepare_task
     from lrn.progress import eval_progress, print_eval
     from lrn.rollout import RolloutEngine
     from lrn.tasks import build_task
@@ -232,8 +237,9 @@ def eval_command(ctx: typer.Context) -> None:
     except Exception as e:  # noqa: BLE001 - Hydra's composition errors
         fail(one_line(e))
     try:
-        task = build_task(config.dataset)
+        task = build_task(config.dataset, evaluation=True)
         lm, tokenizer = load_policy(config.model, config.dataset)
+        prepare_task(task, tokenizer, config.model)
     except ConfigError as e:
         fail(str(e))
     if config.eval.output_dir:
@@ -248,7 +254,7 @@ def eval_command(ctx: typer.Context) -> None:
     seed_everything(config.seed)
     with eval_progress(len(problems) * (1 + config.eval.samples)) as advance:
         engine = RolloutEngine(lm, tokenizer, task, config.rollout.temperature, config.rollout.top_p,
-                               config.eval.batch_size, on_batch=advance)
+                               config.eval.batch_size, on_batch=advance, stop=config.rollout.stop)
         result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples,
                           config.eval.pass_k)
     write_results(result, out, config.to_dict())
@@ -256,6 +262,42 @@ def eval_command(ctx: typer.Context) -> None:
     logger.log({"step": 0, **result.metrics})
     logger.close()
     print_eval(result.metrics, len(problems), out)
+
+
+@app.command()
+def grade(
+    file: Annotated[Path, typer.Argument(help="JSON lines with a completion (or list of them) and a gold answer.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        metavar="[dataset=NAME]", help="Take the grader from this dataset config.")] = None,
+    grader: Annotated[str | None, typer.Option(help="integer | numeric | math (overrides the dataset's).")] = None,
+    completion_field: Annotated[str, typer.Option(help="Field holding the completion text(s).")] = "completion",
+    answer_field: Annotated[str, typer.Option(help="Field holding the gold answer.")] = "answer",
+    answer_rule: Annotated[str, typer.Option(
+        help="Read the gold as raw text, gsm8k (after ####) or boxed (last \\boxed{}).")] = "raw",
+    out: Annotated[Path | None, typer.Option(help="Graded rows.", show_default="<FILE>.graded.jsonl")] = None,
+) -> None:
+    """Re-grade saved completions with the graders training uses; writes per-row rewards and the accuracy."""
+    from lrn.grading import GRADERS
+    from lrn.regrade import Fields, regrade
+
+    name = grader
+    if name is None:
+        dataset = [o.split("=", 1)[1] for o in overrides or [] if o.startswith("dataset=")]
+        if not dataset:
+            fail("lrn grade needs a grader: give dataset=<gsm8k|math|math500|arithmetic|jsonl> or --grader")
+        try:
+            name = compose([f"dataset={dataset[-1]}"]).dataset.grader
+        except Exception as e:  # noqa: BLE001 - Hydra's composition errors
+            fail(one_line(e))
+    if name not in GRADERS:
+        fail(f"--grader={name!r} is unknown: allowed {', '.join(sorted(GRADERS))}")
+    out = out or file.with_name(file.stem + ".graded.jsonl")
+    try:
+        summary = regrade(file, name, Fields(completion_field, answer_field, answer_rule), out)
+    except ConfigError as e:
+        fail(str(e))
+    typer.echo(f"accuracy {summary['accuracy']:.4f} over {summary['rows']} rows ({summary['completions']} "
+               f"completions, grader {name}); wrote {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

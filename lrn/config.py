@@ -69,6 +69,22 @@ class WarmStartConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Optional LoRA adapters through ``peft`` (only the adapters and the value head are trained)."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def validate(self, key: str) -> None:
+        _check(self.r >= 1, f"{key}.r", self.r, "must be >= 1")
+        _check(self.alpha >= 1, f"{key}.alpha", self.alpha, "must be >= 1")
+        _check(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
 class ModelConfig:
     """Policy model: the embedded tiny model (name_or_path null) or a Hub name / local directory."""
 
@@ -78,10 +94,20 @@ class ModelConfig:
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     dtype: str = "auto"
     device: str = "auto"
+    # prompts: a model-specific template overrides the dataset's (e.g. the Rho SFT format)
+    prompt_template: str | None = None
+    chat_template: str = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self, key: str) -> None:
         self.tiny.validate(f"{key}.tiny")
         self.warm_start.validate(f"{key}.warm_start")
+        self.lora.validate(f"{key}.lora")
+        _check(self.chat_template in ("auto", "never"), f"{key}.chat_template", self.chat_template,
+               "allowed: auto (the tokenizer's chat template when it has one), never")
+        _check(self.prompt_template is None or "{question}" in self.prompt_template, f"{key}.prompt_template",
+               self.prompt_template, "must contain '{question}' (or be null: the dataset's template)")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype", self.dtype,
                "allowed: auto, float32, bfloat16, float16")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -114,6 +140,51 @@ class ArithmeticConfig:
         _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
         _check(self.width == 0 or self.width >= self.levels + 1, f"{key}.width", self.width,
                "must be 0 (natural numbers) or at least dataset.levels + 1 digits")
+        from lrn.grading import GRADERS
+
+        _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
+
+
+@dataclass
+class HubDatasetConfig:
+    """A real maths dataset: GSM8K, MATH, MATH-500 (eval only) or any JSON lines file.
+
+    ``path`` replaces the Hub: a local .jsonl/.json file with the training pool (``lrn train``) or the
+    set to evaluate (``lrn eval``); ``test_path`` is a local held-out file (``lrn train``, and
+    ``lrn eval`` when given).
+    """
+
+    name: str = "gsm8k"
+    hub: str | None = "openai/gsm8k"
+    hub_config: str | None = "main"
+    train_split: str | None = "train"
+    test_split: str = "test"
+    path: str | None = None
+    test_path: str | None = None
+    format: str = "gsm8k"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    answer_rule: str = "raw"
+    level_field: str | None = None
+    subject_field: str | None = None
+    id_field: str | None = None
+    train_limit: int | None = None
+    prompt_template: str = "{question}"
+    max_new_tokens: int = 512
+    grader: str = "numeric"
+
+    def validate(self, key: str) -> None:
+        _check(self.format in ("gsm8k", "math", "fields"), f"{key}.format", self.format,
+               "allowed: gsm8k, math, fields (question_field/answer_field/answer_rule)")
+        _check(self.answer_rule in ("raw", "gsm8k", "boxed"), f"{key}.answer_rule", self.answer_rule,
+               "allowed: raw, gsm8k (after ####), boxed (last \\boxed{})")
+        _check(self.hub is not None or self.path is not None, f"{key}.path", self.path,
+               "set dataset.path to a local .jsonl file (this dataset has no Hub source)")
+        _check(self.train_limit is None or self.train_limit >= 1, f"{key}.train_limit", self.train_limit,
+               "must be >= 1 or null")
+        _check("{question}" in self.prompt_template, f"{key}.prompt_template", self.prompt_template,
+               "must contain '{question}'")
+        _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
         from lrn.grading import GRADERS
 
         _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
@@ -270,8 +341,10 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 1024
+    stop: list[str] = field(default_factory=list)
 
     def validate(self, key: str) -> None:
+        _check(all(self.stop), f"{key}.stop", self.stop, "stop strings must not be empty")
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "must be > 0")
         _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "must be in (0, 1]")
         _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
@@ -317,7 +390,8 @@ class LoggerConfig:
         self.wandb.validate(f"{key}.wandb")
 
 
-DATASETS: dict[str, type] = {"arithmetic": ArithmeticConfig}
+DATASETS: dict[str, type] = {name: HubDatasetConfig for name in ("gsm8k", "math", "math500", "jsonl")}
+DATASETS["arithmetic"] = ArithmeticConfig
 SAMPLERS: dict[str, type] = {
     "uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig,
     "dynamic_filter": DynamicFilterSamplerConfig, "learnability_adaptive": AdaptiveSamplerConfig,
@@ -347,6 +421,10 @@ class Config:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
+        if self.model.name_or_path is None and self.dataset.name != "arithmetic":
+            raise ConfigError(f"model.name_or_path=null builds the embedded arithmetic model, which cannot learn "
+                              f"dataset={self.dataset.name}; set model.name_or_path=<Hub name or local directory> "
+                              "or model=qwen2.5-0.5b-instruct")
         if self.sampler.name != "uniform":
             _check(self.trainer.rollouts_per_question >= 2, "trainer.rollouts_per_question",
                    self.trainer.rollouts_per_question, f"sampler={self.sampler.name} needs K >= 2 rollouts "

@@ -72,7 +72,8 @@ def evaluate(engine: RolloutEngine, problems: list[Problem], name: str, grader_n
             scores[f"accuracy/{key}"].append(g.reward)
         record = {"id": problem.id, "level": problem.level, "subject": problem.meta.get("subject"),
                   "prompt": engine.task.prompt(problem), "answer": problem.answer,
-                  "completion": g.text, "reward": g.reward}
+                  "completion": g.text, "reward": g.reward,
+                  "truncated": g.truncated, "completion_tokens": len(g.completion_ids)}
         if group:
             right = int(sum(r.reward for r in group))
             for k in ks:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lrn.config import ModelConfig, TinyModelConfig
+from lrn.config import ConfigError, ModelConfig, TinyModelConfig
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 
@@ -63,17 +63,34 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
 
 def load_pretrained(path: str | Path, device: torch.device, dtype: torch.dtype
                     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a Hub name or a local directory."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    """Load a causal LM and its tokenizer from a Hub name or a local directory.
+
+    A directory holding a LoRA adapter (adapter_config.json) loads its base model with the adapter
+    merged in, so a LoRA run's saved policy evaluates like any other.
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if (Path(path) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=dtype).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise ConfigError(f"model.name_or_path={str(path)!r}: cannot load a causal LM and tokenizer ({first}); "
+                          "give a Hub name or a directory saved with save_pretrained") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
-    return model, tokenizer
+    return model.to(device), tokenizer
 
 
 def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The starting policy: a Hub/local model, or the warm-started embedded tiny model."""
+    """The starting policy: a Hub/local model, or the warm-started embedded tiny model.
+
+    Applies the training-only options: gradient checkpointing and LoRA adapters.
+    """
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     path = cfg.name_or_path
@@ -81,7 +98,49 @@ def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrained
         from lrn.warmstart import warm_start
 
         path = warm_start(cfg, task_cfg, device)
-    return load_pretrained(path, device, dtype)
+    model, tokenizer = load_pretrained(path, device, dtype)
+    if cfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=("all-linear" if cfg.lora.target_modules == ["all-linear"]
+                                          else list(cfg.lora.target_modules)), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token id that ends an answer: the tokenizer's EOS and the generation config's (chat models
+    often end a turn with a token other than the tokenizer's EOS, e.g. Qwen's ``<|im_end|>``)."""
+    ids = [tokenizer.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    ids += extra if isinstance(extra, list) else [extra]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def prompt_renderer(tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig):
+    """How a filled-in prompt template becomes model input: the chat template's user turn, or as is."""
+    if cfg.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+        def render(text: str) -> str:
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return render
+    return lambda text: text
+
+
+def prepare_task(task, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig):
+    """Give ``task`` the model's prompt format (its own template if it has one, its chat template)."""
+    if cfg.prompt_template is not None:
+        task.prompt_template = cfg.prompt_template
+    task.render = prompt_renderer(tokenizer, cfg)
+    task.special_tokens = cfg.chat_template == "never" or not getattr(tokenizer, "chat_template", None)
+    return task
 
 
 class PolicyWithValue(nn.Module):

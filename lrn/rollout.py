@@ -47,37 +47,58 @@ class RolloutEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 1024,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None, stop: list[str] | None = None):
+        from lrn.models import eos_ids
+
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
         self.on_batch = on_batch  # called with the number of sequences after each generated batch
+        self.stop = list(stop or [])
+        self.eos = eos_ids(model, tokenizer)
         self.counters = EngineCounters()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], greedy: bool = False) -> list[tuple[list[int], list[int], bool]]:
         """(prompt ids, completion ids, truncated) for each prompt, in order."""
-        tok, eos, pad = self.tokenizer, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        tok, pad = self.tokenizer, self.tokenizer.pad_token_id
         was_training = self.model.training
         self.model.eval()
         out: list[tuple[list[int], list[int], bool]] = []
+        stopping = {"stop_strings": self.stop, "tokenizer": tok} if self.stop else {}
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start:start + self.batch_size]
-            enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+            enc = tok(chunk, return_tensors="pt", padding=True,
+                      add_special_tokens=self.task.special_tokens).to(self.model.device)
             sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
             seqs = self.model.generate(
                 **enc, do_sample=not greedy, max_new_tokens=self.task.max_new_tokens,
-                pad_token_id=pad, eos_token_id=eos, **sampling,
+                pad_token_id=pad, eos_token_id=self.eos, **stopping, **sampling,
             )
             width = enc["input_ids"].shape[1]
             for row, mask, seq in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(),
                                       seqs[:, width:].tolist(), strict=True):
                 prompt_ids = [t for t, m in zip(row, mask, strict=True) if m]
-                completion = seq[: seq.index(eos) + 1] if eos in seq else seq
-                out.append((prompt_ids, completion, eos not in completion))
+                out.append((prompt_ids, *self.finish(seq)))
             if self.on_batch is not None:
                 self.on_batch(len(chunk))
         self.model.train(was_training)
         return out
+
+    def finish(self, seq: list[int]) -> tuple[list[int], bool]:
+        """(completion ids, truncated): cut after the first EOS, else after the first stop string."""
+        ends = [i for i, t in enumerate(seq) if t in self.eos]
+        if ends:
+            return seq[: ends[0] + 1], False
+        if self.stop and any(s in self.tokenizer.decode(seq) for s in self.stop):
+            lo, hi = 1, len(seq)  # the shortest prefix whose text holds a stop string
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if any(s in self.tokenizer.decode(seq[:mid]) for s in self.stop):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return seq[:lo], False
+        return seq, True
 
     def rollout(self, problems: list[Problem], k: int, greedy: bool = False, count: bool = True
                 ) -> list[list[Rollout]]:

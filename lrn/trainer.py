@@ -26,7 +26,7 @@ from lrn.config import Config, ConfigError, PPOConfig
 from lrn.evaluate import evaluate
 from lrn.interrupt import GracefulStop
 from lrn.logger import MetricsLogger, truncate_metrics
-from lrn.models import PolicyWithValue, frozen_reference, load_policy
+from lrn.models import PolicyWithValue, frozen_reference, load_policy, prepare_task
 from lrn.progress import TrainProgress, print_summary
 from lrn.rollout import RolloutEngine, collate
 from lrn.samplers import Sampler, build_sampler
@@ -161,12 +161,14 @@ def train(cfg: Config, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     task = build_task(cfg.dataset)
     lm, tokenizer = load_policy(cfg.model, cfg.dataset)
+    prepare_task(task, tokenizer, cfg.model)
     seed_everything(cfg.seed)  # after the (cached or not) warm start, so both paths match
     policy = PolicyWithValue(lm, with_value=cfg.ppo.advantage == "gae")
     reference = PolicyWithValue(frozen_reference(lm), with_value=False) if cfg.ppo.kl_coef > 0 else None
     engine = RolloutEngine(lm, tokenizer, task, cfg.rollout.temperature, cfg.rollout.top_p,
-                           cfg.rollout.batch_size)
-    eval_engine = RolloutEngine(lm, tokenizer, task, cfg.rollout.temperature, cfg.rollout.top_p, cfg.eval.batch_size)
+                           cfg.rollout.batch_size, stop=cfg.rollout.stop)
+    eval_engine = RolloutEngine(lm, tokenizer, task, cfg.rollout.temperature, cfg.rollout.top_p, cfg.eval.batch_size,
+                                stop=cfg.rollout.stop)
     k = cfg.trainer.rollouts_per_question
     sampler = build_sampler(cfg.sampler, task.train, cfg.trainer.batch_size, k, cfg.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)

@@ -9,9 +9,24 @@ from lrn.config import CONF_DIR, Config, ConfigError, compose, to_config
 def test_every_group_option_composes_and_validates(group):
     options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
     assert options
+    # real datasets need a real model, and jsonl a file (validation does not open it)
+    real = ["model=qwen2.5-0.5b-instruct", "dataset.path=data.jsonl"]
     for option in options:
-        cfg = to_config(compose([f"{group}={option}"]))
+        extra = real if group == "dataset" and option != "arithmetic" else []
+        cfg = to_config(compose([f"{group}={option}", *extra]))
         assert isinstance(cfg, Config)
+
+
+def test_real_datasets_refuse_the_embedded_model_and_jsonl_needs_a_file():
+    with pytest.raises(ConfigError, match=r"model.name_or_path=null builds the embedded arithmetic model, which "
+                                          r"cannot learn dataset=gsm8k; set model.name_or_path="):
+        to_config(compose(["dataset=gsm8k"]))
+    with pytest.raises(ConfigError, match=r"dataset.path=None is invalid: set dataset.path to a local .jsonl"):
+        to_config(compose(["dataset=jsonl", "model=qwen2.5-0.5b-instruct"]))
+    cfg = to_config(compose(["dataset=math500", "model=rho-1b-sft-math"]))
+    assert cfg.dataset.grader == "math" and cfg.dataset.train_split is None
+    assert cfg.model.prompt_template.startswith("[MATH_TASK] Problem:\n{question}")
+    assert cfg.model.chat_template == "never"
 
 
 def test_default_config_values():

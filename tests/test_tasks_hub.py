@@ -178,3 +178,37 @@ def test_hub_name_failure_is_one_line():
     kind, _, message = proc.stdout.strip().partition(" | ")
     assert kind == "ConfigError", proc.stdout + proc.stderr
     assert "dataset.path=" in message and "lrn-test-no-owner/no-dataset" in message and "\n" not in message
+
+
+@needs_data
+def test_build_task_splits_from_local_files():
+    from lrn.config import HubDatasetConfig
+    from lrn.tasks import build_task
+
+    train, test = str(DATA / "gsm8k" / "train.jsonl"), str(DATA / "gsm8k" / "test.jsonl")
+    task = build_task(HubDatasetConfig(path=train, test_path=test, train_limit=100))
+    assert (len(task.train), len(task.test)) == (100, 1319)
+    assert task.train[0].id == "gsm8k/train/0" and task.test[0].id == "gsm8k/test/0"
+    assert task.test[0].answer == "18" and task.grade("so #### 18", "18") == 1.0
+    evaluated = build_task(HubDatasetConfig(path=test), evaluation=True)  # lrn eval: path is the evaluated set
+    assert evaluated.train == [] and [p.answer for p in evaluated.test] == [p.answer for p in task.test]
+    math500 = build_task(HubDatasetConfig(name="math500", hub=None, train_split=None, format="math", grader="math",
+                                          path=str(DATA / "math500" / "test.jsonl")), evaluation=True)
+    assert len(math500.test) == 500 and {p.level for p in math500.test} == {1, 2, 3, 4, 5}
+
+
+def test_build_task_with_a_field_mapping(tmp_path):
+    from lrn.config import HubDatasetConfig
+    from lrn.tasks import build_task
+
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"q": f"{i}+1", "sol": f"x\n#### {i + 1}", "lvl": "Level 2"}
+                                                    for i in range(5)])
+    test = _write_jsonl(tmp_path / "test.jsonl", [{"q": "9+1", "sol": "#### 10", "lvl": 3}])
+    cfg = HubDatasetConfig(name="jsonl", hub=None, format="fields", question_field="q", answer_field="sol",
+                           answer_rule="gsm8k", level_field="lvl", path=str(train), test_path=str(test))
+    task = build_task(cfg)
+    assert [p.answer for p in task.train] == ["1", "2", "3", "4", "5"] and task.test[0].level == 3
+    assert task.prompt(task.test[0]) == "9+1"
+    with pytest.raises(ConfigError, match=r"held-out question\(s\) also appear in the training pool"):
+        build_task(HubDatasetConfig(name="jsonl", hub=None, format="fields", question_field="q", answer_field="sol",
+                                    answer_rule="gsm8k", path=str(train), test_path=str(train)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lrn.grading import GRADERS
 from lrn.tasks.base import Problem, check_disjoint, question_hash
@@ -13,7 +13,11 @@ __all__ = ["Problem", "Task", "build_task", "question_hash"]
 
 @dataclass
 class Task:
-    """A training pool, a held-out set, how to prompt and how to grade."""
+    """A training pool, a held-out set, how to prompt and how to grade.
+
+    ``render`` turns the filled-in template into the model's input text; the identity by default,
+    a chat template once :func:`lrn.models.prompt_renderer` has seen the tokenizer.
+    """
 
     name: str
     train: list[Problem]
@@ -21,19 +25,28 @@ class Task:
     prompt_template: str
     max_new_tokens: int
     grade: Callable[[str, str], float]
+    render: Callable[[str], str] = field(default=lambda text: text)
+    special_tokens: bool = True  # let the tokenizer add BOS etc.; off for chat-rendered text, which has them
 
     def prompt(self, problem: Problem) -> str:
-        return self.prompt_template.format(question=problem.question)
+        return self.render(self.prompt_template.replace("{question}", problem.question))
 
 
-def build_task(cfg) -> Task:
-    """Build the task named by ``cfg.name`` (a dataset config dataclass)."""
+def build_task(cfg, evaluation: bool = False) -> Task:
+    """Build the task named by ``cfg.name`` (a dataset config dataclass).
+
+    With ``evaluation`` only the held-out set is needed (``lrn eval``): a Hub dataset then reads
+    ``dataset.test_path``, else ``dataset.path``, else the Hub's test split, and no training pool.
+    """
     if cfg.name == "arithmetic":
         from lrn.tasks.arithmetic import build_splits
 
         train, test = build_splits(cfg.levels, cfg.train_size, cfg.test_per_level, cfg.train_seed,
                                    cfg.test_seed, cfg.width)
-    else:  # pragma: no cover - the config schema only admits registered names
-        raise ValueError(f"unknown dataset {cfg.name!r}")
+    else:
+        from lrn.tasks.hub import load_splits
+
+        train, test = load_splits(cfg, evaluation)
     check_disjoint(train, test, f"dataset={cfg.name}")
     return Task(cfg.name, train, test, cfg.prompt_template, cfg.max_new_tokens, GRADERS[cfg.grader])
+

@@ -67,7 +67,8 @@ def validate_json_file(path: Path) -> int:
     return count
 
 
-def load_records(source: str, split: str = "train", hub_config: str | None = None) -> list[dict[str, Any]]:
+def load_records(source: str, split: str = "train", hub_config: str | None = None,
+                 offline_hint: str = "dataset.path=<file.jsonl>") -> list[dict[str, Any]]:
     """Records from a local .jsonl/.json file (validated first) or from a Hub dataset name and split."""
     import datasets
 
@@ -76,6 +77,7 @@ def load_records(source: str, split: str = "train", hub_config: str | None = Non
         if not path.is_file():
             raise ConfigError(f"dataset.path={source!r}: no such file ({path.resolve()})")
         validate_json_file(path)
+        datasets.disable_progress_bars()  # a local file loads in a blink; no bar in the run's log
         try:
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         except Exception as e:  # e.g. a column whose type changes between rows
@@ -86,7 +88,7 @@ def load_records(source: str, split: str = "train", hub_config: str | None = Non
     except Exception as e:
         raise ConfigError(
             f"cannot load dataset {source!r} (config {hub_config!r}, split {split!r}) from the Hugging Face "
-            f"Hub: {_one_line(e)}; offline, pass a local .jsonl file with dataset.path=..."
+            f"Hub: {_one_line(e)}; offline, give a local file: {offline_hint}"
         ) from None
     return ds.to_list()
 
@@ -219,3 +221,45 @@ def jsonl_problems(records: Iterable[Mapping[str, Any]], question_field: str, an
             level=level, meta={"subject": subject, "source": source},
         ))
     return problems
+
+
+# ------------------------------------------------------------------------------------ splits
+
+
+def problems_from(cfg, records: list[dict[str, Any]], source: str, prefix: str) -> list[Problem]:
+    """Records as problems, by the dataset's ``format``."""
+    if cfg.format == "gsm8k":
+        return gsm8k_problems(records, prefix, source)
+    if cfg.format == "math":
+        return math_problems(records, prefix, source)
+    return jsonl_problems(records, cfg.question_field, cfg.answer_field, cfg.answer_rule, cfg.level_field,
+                          cfg.subject_field, cfg.id_field, prefix, source)
+
+
+def _load(cfg, local: str | None, split: str | None, prefix: str, hint: str) -> list[Problem]:
+    if local is not None:
+        return problems_from(cfg, load_records(local), local, prefix)
+    if cfg.hub is None or split is None:
+        return []
+    records = load_records(cfg.hub, split, cfg.hub_config, hint)
+    return problems_from(cfg, records, f"{cfg.hub}[{split}]", prefix)
+
+
+def load_splits(cfg, evaluation: bool = False) -> tuple[list[Problem], list[Problem]]:
+    """(training pool, held-out set) of a Hub dataset config; see :class:`lrn.config.HubDatasetConfig`.
+
+    Questions are identified by split and row, so the same row number in train and test differ.
+    """
+    if evaluation:
+        return [], _load(cfg, cfg.test_path or cfg.path, cfg.test_split, f"{cfg.name}/test",
+                         "dataset.path=<file.jsonl> (the set to evaluate)")
+    train = _load(cfg, cfg.path, cfg.train_split, f"{cfg.name}/train", "dataset.path=<training file.jsonl>")
+    if not train:
+        raise ConfigError(f"dataset={cfg.name} has no training split; train on another dataset (e.g. dataset=math) "
+                          "and evaluate on this one with lrn eval, or give a training file with dataset.path=...")
+    if cfg.train_limit:
+        train = train[: cfg.train_limit]
+    test = _load(cfg, cfg.test_path, cfg.test_split, f"{cfg.name}/test", "dataset.test_path=<held-out file.jsonl>")
+    if not test:
+        raise ConfigError(f"dataset={cfg.name}: no held-out set to evaluate on during training; set dataset.test_path")
+    return train, test
