@@ -260,6 +260,7 @@ class HistorySamplerConfig:
     """Per-question Beta posterior over every rollout made, decayed with age; optional small screen."""
 
     name: str = "learnability_history"
+    pool_factor: float = 4.0
     prior: list[float] = field(default_factory=lambda: [1.0, 1.0])
     decay: float = 0.95
     score: str = "expected"
@@ -268,6 +269,7 @@ class HistorySamplerConfig:
     mix: float = 0.0
 
     def validate(self, key: str) -> None:
+        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor, "must be >= 1")
         _check(len(self.prior) == 2 and min(self.prior) > 0, f"{key}.prior", self.prior,
                "must be [alpha, beta], both > 0")
         _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")
@@ -296,6 +298,7 @@ class PPOConfig:
     lam: float = 0.95
     whiten: bool = True
     skip_nonfinite: bool = False
+    micro_batch_size: int | None = None
 
     def validate(self, key: str) -> None:
         _check(self.advantage in ("gae", "group"), f"{key}.advantage", self.advantage, "allowed: gae, group")
@@ -308,6 +311,8 @@ class PPOConfig:
             _check(getattr(self, name) >= 0, f"{key}.{name}", getattr(self, name), "must be >= 0")
         _check(0 <= self.gamma <= 1, f"{key}.gamma", self.gamma, "must be in [0, 1]")
         _check(0 <= self.lam <= 1, f"{key}.lam", self.lam, "must be in [0, 1]")
+        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{key}.micro_batch_size",
+               self.micro_batch_size, "must be >= 1 or null (whole mini-batches)")
 
 
 @dataclass

@@ -83,45 +83,62 @@ def compute_advantages(cfg: PPOConfig, batch: dict, values: torch.Tensor | None,
     return adv, returns
 
 
+def _rows(batch: dict, idx: torch.Tensor) -> dict:
+    return {k: v[idx] if v.dim() > 0 else v for k, v in batch.items()}
+
+
 def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, cfg: PPOConfig, batch: dict,
                old: dict[str, torch.Tensor], temperature: float = 1.0) -> dict[str, float]:
     """Epochs x mini-batches of clipped PPO; returns the mean of each loss and diagnostic.
 
+    With ``cfg.micro_batch_size`` each mini-batch is split into micro-batches whose gradients are
+    accumulated; each micro-batch's token-mean losses are weighted by its share of the mini-batch's
+    answer tokens, so the update equals the unsplit one (up to float rounding) in less memory.
     A non-finite loss or gradient norm raises :class:`NonFiniteError`, or with ``cfg.skip_nonfinite``
     skips that mini-batch's update (counted in ``ppo/skipped_updates``, left out of the means).
     """
     n = batch["input_ids"].shape[0]
     size = max(1, n // cfg.minibatches)
+    micro = cfg.micro_batch_size or size
     sums: dict[str, float] = {}
     updates = skipped = 0
     for _ in range(cfg.epochs):
         order = torch.randperm(n)
         for start in range(0, n - size + 1, size):
             idx = order[start:start + size].to(batch["input_ids"].device)
-            mb = {k: v[idx] if v.dim() > 0 else v for k, v in batch.items()}
-            mask = mb["completion_mask"]
-            logits, values = policy(mb["input_ids"], mb["attention_mask"])
-            logp, logits, values = completion_view(mb, logits, values, temperature)
-            pg_loss, stats = ppo.policy_loss(logp, old["logp"][idx], old["adv"][idx], mask, cfg.clip)
-            ent = ppo.masked_mean(ppo.entropy(logits), mask)
-            loss = pg_loss - cfg.ent_coef * ent
-            parts = {"loss/policy": pg_loss.item(), "ppo/entropy": ent.item(),
-                     "ppo/clipfrac": stats["clipfrac"].item(), "ppo/approx_kl": stats["approx_kl"].item()}
-            if values is not None:
-                v_loss = ppo.value_loss(values, old["values"][idx], old["returns"][idx], mask, cfg.value_clip)
-                loss = loss + cfg.vf_coef * v_loss
-                parts["loss/value"] = v_loss.item()
-            if "ref_logp" in old:
-                kl = ppo.kl_to_reference(logp, old["ref_logp"][idx], mask)
-                loss = loss + cfg.kl_coef * kl
-                parts["ppo/kl"] = kl.item()
+            tokens = batch["completion_mask"][idx].sum().clamp(min=1.0)
             optimizer.zero_grad(set_to_none=True)
-            parts["loss/total"] = loss.item()
+            parts: dict[str, float] = {}
+            for m in range(0, size, micro):
+                midx = idx[m:m + micro]
+                mb = _rows(batch, midx)
+                mask = mb["completion_mask"]
+                weight = mask.sum() / tokens
+                logits, values = policy(mb["input_ids"], mb["attention_mask"])
+                logp, logits, values = completion_view(mb, logits, values, temperature)
+                pg_loss, stats = ppo.policy_loss(logp, old["logp"][midx], old["adv"][midx], mask, cfg.clip)
+                ent = ppo.masked_mean(ppo.entropy(logits), mask)
+                loss = pg_loss - cfg.ent_coef * ent
+                terms = {"loss/policy": pg_loss, "ppo/entropy": ent, "ppo/clipfrac": stats["clipfrac"],
+                         "ppo/approx_kl": stats["approx_kl"]}
+                if values is not None:
+                    v_loss = ppo.value_loss(values, old["values"][midx], old["returns"][midx], mask, cfg.value_clip)
+                    loss = loss + cfg.vf_coef * v_loss
+                    terms["loss/value"] = v_loss
+                if "ref_logp" in old:
+                    kl = ppo.kl_to_reference(logp, old["ref_logp"][midx], mask)
+                    loss = loss + cfg.kl_coef * kl
+                    terms["ppo/kl"] = kl
+                terms["loss/total"] = loss
+                for key, value in terms.items():
+                    parts[key] = parts.get(key, 0.0) + (value * weight).item()
+                if not math.isfinite(parts["loss/total"]):
+                    break
+                (loss * weight).backward()
             grad_norm = math.nan
             if math.isfinite(parts["loss/total"]):
-                loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
-            if not math.isfinite(grad_norm):  # also when the loss was not finite (no backward then)
+            if not math.isfinite(grad_norm):  # also when the loss was not finite (no step then)
                 optimizer.zero_grad(set_to_none=True)
                 if not cfg.skip_nonfinite:
                     raise NonFiniteError(f"loss {parts['loss/total']:.4g}, gradient norm {grad_norm:.4g}")
@@ -136,6 +153,22 @@ def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, cfg: P
     if cfg.skip_nonfinite:
         stats["ppo/skipped_updates"] = float(skipped)
     return stats
+
+
+@torch.no_grad()
+def score_batch(policy: PolicyWithValue, batch: dict, temperature: float, chunk: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Completion log-probs [B, C] (and values) of ``policy`` in forward passes of ``chunk`` sequences."""
+    n = batch["input_ids"].shape[0]
+    chunk = chunk or n
+    logps, values = [], []
+    for start in range(0, n, chunk):
+        mb = _rows(batch, torch.arange(start, min(n, start + chunk), device=batch["input_ids"].device))
+        logits, v = policy(mb["input_ids"], mb["attention_mask"])
+        logp, _, v = completion_view(mb, logits, v, temperature)
+        logps.append(logp)
+        values.append(v)
+    return torch.cat(logps), (torch.cat(values) if values[0] is not None else None)
 
 
 def resume(cfg: Config, run_dir: Path, policy: PolicyWithValue, optimizer: torch.optim.Optimizer,
@@ -219,9 +252,9 @@ def train(cfg: Config, run_dir: Path) -> dict:
 
                 # 4. advantages, from one no-grad pass of the current (= old) policy and the reference
                 t = time.perf_counter()
+                micro = cfg.ppo.micro_batch_size
                 with torch.no_grad():
-                    logits, values = policy(batch["input_ids"], batch["attention_mask"])
-                    old_logp, _, old_values = completion_view(batch, logits, values, cfg.rollout.temperature)
+                    old_logp, old_values = score_batch(policy, batch, cfg.rollout.temperature, micro)
                     adv, returns = compute_advantages(cfg.ppo, batch, old_values, k)
                     if step == cfg.trainer.debug_nan_step:  # testing aid: a non-finite loss on purpose
                         adv = adv * math.nan
@@ -229,8 +262,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
                     if old_values is not None:
                         old.update(values=old_values, returns=returns)
                     if reference is not None:
-                        ref_logits, _ = reference(batch["input_ids"], batch["attention_mask"])
-                        old["ref_logp"] = completion_view(batch, ref_logits, None, cfg.rollout.temperature)[0]
+                        old["ref_logp"] = score_batch(reference, batch, cfg.rollout.temperature, micro)[0]
                 advantage_s = time.perf_counter() - t
 
                 # 5. update

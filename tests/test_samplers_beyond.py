@@ -162,19 +162,25 @@ def test_history_expected_score_prefers_mixed_then_unseen_then_flat():
     assert sel.stats["sampler/screening_rollouts"] == 0 and sel.stats["sampler/history_seen"] == 3
 
 
-@pytest.mark.parametrize(("score", "at_most"), [("expected", 0.1), ("thompson", 0.5)])
-def test_history_trains_on_fewer_zero_signal_questions_than_uniform(score, at_most):
+@pytest.mark.parametrize(("score", "pool_factor", "at_most"),
+                         [("expected", 4, 0.35), ("expected", 19, 0.1), ("thompson", 19, 0.5)])
+def test_history_trains_on_fewer_zero_signal_questions_than_uniform(score, pool_factor, at_most):
     rng = np.random.default_rng(0)
     problems, rates = pool_with(list(rng.choice([0.0, 0.5, 1.0], size=300, p=[0.4, 0.2, 0.4])))
-    flat = {}
+    flat, distinct = {}, {}
     for name, sampler in (("uniform", UniformSampler(problems, 16, 8, seed=0)),
-                          ("history", HistorySampler(problems, 16, 8, seed=0, score=score, decay=0.95))):
+                          ("history", HistorySampler(problems, 16, 8, seed=0, score=score, decay=0.95,
+                                                     pool_factor=pool_factor))):
         fake = BernoulliRollouts(rates, 0)
-        fracs = [sampler.next_batch(step, fake).stats["train/zero_signal_frac"] for step in range(1, 41)]
+        selections = [sampler.next_batch(step, fake) for step in range(1, 41)]
         assert fake.made == 40 * 16 * 8  # the same cost per step
-        flat[name] = float(np.mean(fracs[20:]))
-    # uniform: 0.8 of questions are flat; Thompson draws still explore the wide posteriors of unseen ones
+        flat[name] = float(np.mean([s.stats["train/zero_signal_frac"] for s in selections[20:]]))
+        distinct[name] = len({p.id for s in selections for p in s.problems})
+    # uniform: 0.8 of questions are flat. Ranking the whole pool (19 x 16 >= 300) nearly removes them but
+    # trains on few distinct questions; a uniform candidate draw of 4x keeps most of the variety.
     assert flat["uniform"] > 0.7 and flat["history"] < at_most
+    if pool_factor == 4:
+        assert distinct["history"] > 0.6 * distinct["uniform"]
 
 
 def test_history_screen_spends_screen_rollouts_on_extra_candidates_and_tops_up():

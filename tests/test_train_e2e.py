@@ -80,3 +80,24 @@ def test_multirun_sweep_makes_one_run_directory_per_job(run_lrn, tmp_path):
     assert "sampler.name=learnability" in proc.stdout and "sampler.name=uniform" in proc.stdout
     assert (tmp_path / "compare" / "compare.md").read_text().count("2/2") == 2
     assert (tmp_path / "compare" / "compare.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_every_sampler_trains_through_the_cli_and_compare_ranks_them(run_lrn, tmp_path):
+    samplers = ["uniform", "learnability", "learnability_adaptive", "learnability_history", "dynamic_filter"]
+    run_lrn("train", "-m", *TINY, "trainer.steps=2", f"sampler={','.join(samplers)}", f"hydra.sweep.dir={tmp_path}")
+    runs = {p.parent.name.split("_", 1)[1].rsplit("-arithmetic", 1)[0]: read_metrics(p.parent)
+            for p in tmp_path.glob("*/metrics.jsonl")}
+    assert sorted(runs) == sorted(samplers)
+    shared = {"sampler/pool_learnability", "sampler/batch_learnability", "sampler/screening_rollouts",
+              "train/zero_signal_frac", "sampler/pool_size"}
+    for name, rows in runs.items():
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert shared <= rows[1].keys(), name
+    assert runs["dynamic_filter"][1]["sampler/draws"] >= 1
+    assert runs["learnability_history"][1]["counts/rollouts_total"] == 4 * 4  # uniform's cost: no screening
+    assert runs["learnability_history"][2]["sampler/history_seen"] == 4
+    assert runs["learnability_adaptive"][1]["counts/rollouts_total"] <= (1.5 + 1) * 4 * 4
+    proc = run_lrn("compare", str(tmp_path), "--target", "0.0")
+    for name in samplers:
+        assert f"sampler.name={name}" in proc.stdout

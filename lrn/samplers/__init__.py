@@ -27,5 +27,5 @@ def build_sampler(cfg, pool: list[Problem], batch_size: int, k: int, seed: int) 
                                            cfg.budget_factor, cfg.mix)
     if cfg.name == "learnability_history":
         return HistorySampler(*args, tuple(cfg.prior), cfg.decay, cfg.score, cfg.screen_factor, cfg.screen_rollouts,
-                              cfg.mix)
+                              cfg.mix, cfg.pool_factor)
     raise ValueError(f"unknown sampler {cfg.name!r}")  # pragma: no cover - the schema admits known names

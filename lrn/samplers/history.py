@@ -2,12 +2,17 @@
 
 Every rollout the run makes (screening and training) updates a Beta posterior of that question's
 success rate. Evidence decays by ``decay`` per step of age, so the posterior tracks the improving
-policy rather than its past. Each step ranks the whole pool by p(1-p), either its posterior
-expectation or a Thompson draw p ~ Beta (``score``), and trains on the top ``n``. Unseen questions
-keep the prior, ``prior`` = (alpha, beta); Beta(1, 1) scores 1/6, above any question seen failing
-or passing all of its 8 answers, so unseen questions are tried before known-flat ones.
+policy rather than its past. Each step draws ``pool_factor`` x n candidates uniformly (as LILO does,
+but without rolling them out), ranks them by p(1-p), either its posterior expectation or a Thompson
+draw p ~ Beta (``score``), and trains on the top ``n``. Unseen questions keep the prior, ``prior`` =
+(alpha, beta); Beta(1, 1) scores 1/6, above any question seen failing or passing all of its 8
+answers, so unseen questions are tried before known-flat ones, known-mixed ones before both.
 
-``screen_factor`` > 0 adds an optional screen: the top (1 + screen_factor) x n questions get
+The uniform candidate draw matters: ranking the whole pool (``pool_factor`` >= pool / batch) re-trains
+the same few known-mixed questions step after step; on the embedded task that saw 381 distinct
+questions in 100 steps and held-out accuracy fell (README, "Samplers beyond the paper").
+
+``screen_factor`` > 0 adds an optional screen: the top (1 + screen_factor) x n candidates get
 ``screen_rollouts`` answers each, the posterior is updated, and the top ``n`` are topped up to K.
 With 0 (the default) a step costs exactly K rollouts per trained question, as uniform does.
 """
@@ -23,8 +28,9 @@ from lrn.samplers.base import Pick, Sampler, beta_learnability, top_n
 class HistorySampler(Sampler):
     def __init__(self, pool, batch_size: int, k: int, seed: int, prior: tuple[float, float] = (1.0, 1.0),
                  decay: float = 0.95, score: str = "expected", screen_factor: float = 0.0, screen_rollouts: int = 2,
-                 mix: float = 0.0):
+                 mix: float = 0.0, pool_factor: float = 4.0):
         super().__init__(pool, batch_size, k, seed, mix)
+        self.pool_size = max(batch_size, round(pool_factor * batch_size))
         self.prior, self.decay, self.score = (float(prior[0]), float(prior[1])), decay, score
         self.screen_factor, self.screen_rollouts = screen_factor, min(screen_rollouts, k)
         self.right = np.zeros(len(pool))  # decayed counts, as of step self.last[i]
@@ -61,13 +67,17 @@ class HistorySampler(Sampler):
 
     def select(self, step: int, rollout_fn: RolloutFn, n: int) -> Pick:
         seen = float((self.right + self.wrong > 0).sum())
+        if self.pool_size >= len(self.pool):
+            drawn = list(range(len(self.pool)))
+        else:
+            drawn = [int(i) for i in self.draw_indices(self.pool_size)]
         m = round(self.screen_factor * n)
+        ranked = [drawn[j] for j in top_n(self.scores(step, drawn), n + m, self.rng)]
         if m == 0:
-            idx = [int(i) for i in top_n(self.scores(step), n, self.rng)]
-            problems = [self.pool[i] for i in idx]
+            problems = [self.pool[i] for i in ranked]
             groups = rollout_fn(problems, self.k)
             return Pick(problems, groups, screened=groups, stats={"sampler/history_seen": seen})
-        cand = [int(i) for i in top_n(self.scores(step), n + m, self.rng)]
+        cand = ranked
         first = rollout_fn([self.pool[i] for i in cand], self.screen_rollouts)  # recorded: posterior updated
         keep = [cand[j] for j in top_n(self.scores(step, cand), n, self.rng)]
         groups = {cand[j]: list(first[j]) for j in range(len(cand))}
