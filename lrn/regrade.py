@@ -15,6 +15,7 @@ from typing import Any
 
 from lrn.config import ConfigError
 from lrn.grading import extract_gsm8k_gold, grade_many, last_boxed
+from lrn.tasks.hub import json_lines
 
 ANSWER_RULES = ("raw", "gsm8k", "boxed")
 
@@ -47,20 +48,12 @@ def read_rows(path: Path, fields: Fields) -> list[tuple[dict[str, Any], list[str
     if fields.answer_rule not in ANSWER_RULES:
         raise ConfigError(f"--answer-rule={fields.answer_rule!r} is invalid: choose one of {', '.join(ANSWER_RULES)}")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror if isinstance(e, OSError) else e})") from None
     rows = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, row in json_lines(path, text):
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for name, option in ((fields.completion, "--completion-field"), (fields.answer, "--answer-field")):
             if name not in row or row[name] is None:
                 present = ", ".join(sorted(row)) or "none"

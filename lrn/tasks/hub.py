@@ -35,6 +35,25 @@ def _is_local(source: str) -> bool:
             or source.startswith(("/", "./", "../", "~")))
 
 
+def json_lines(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of JSON-lines ``text`` read from ``path``.
+
+    A line that is not JSON, or not a JSON object, is a ConfigError naming ``path:line``.
+    """
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append((lineno, row))
+    return rows
+
+
 def validate_json_file(path: Path) -> int:
     """Check a JSON-lines file (or a .json list of objects) row by row; return the number of records."""
     try:
@@ -51,17 +70,7 @@ def validate_json_file(path: Path) -> int:
                 raise ConfigError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
         count = len(rows)
     else:
-        count = 0
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            count += 1
+        count = len(json_lines(path, text))
     if count == 0:
         raise ConfigError(f"dataset.path={str(path)!r}: the file holds no records")
     return count
