@@ -16,16 +16,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lrn.sampler_config import (
+    AdaptiveSamplerConfig,
+    DynamicFilterSamplerConfig,
+    HistorySamplerConfig,
+    LearnabilitySamplerConfig,
+    UniformSamplerConfig,
+)
+from lrn.validation import ConfigError, _check
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; its message is one line naming the key and the fix."""
-
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
 @dataclass
@@ -188,95 +188,6 @@ class HubDatasetConfig:
         from lrn.grading import GRADERS
 
         _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
-
-
-@dataclass
-class UniformSamplerConfig:
-    """Baseline: batch_size questions drawn uniformly (without replacement) from the pool each step."""
-
-    name: str = "uniform"
-
-    def validate(self, key: str) -> None:
-        pass
-
-
-def _check_mix(key: str, mix: float) -> None:
-    _check(0 <= mix <= 1, f"{key}.mix", mix, "the uniformly drawn fraction of each batch must be in [0, 1]")
-
-
-@dataclass
-class LearnabilitySamplerConfig:
-    """LILO: screen pool_factor x batch candidates with K rollouts, keep the top p(1-p)."""
-
-    name: str = "learnability"
-    pool_factor: float = 4.0
-    bessel: bool = True
-    mix: float = 0.0
-
-    def validate(self, key: str) -> None:
-        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor,
-               "the candidate pool must be at least the batch: use >= 1")
-        _check_mix(key, self.mix)
-
-
-@dataclass
-class DynamicFilterSamplerConfig:
-    """DAPO dynamic sampling: draw uniformly, drop all-equal groups, redraw until full or max_draws."""
-
-    name: str = "dynamic_filter"
-    max_draws: int = 8
-    draw_factor: float = 1.0
-    mix: float = 0.0
-
-    def validate(self, key: str) -> None:
-        _check(self.max_draws >= 1, f"{key}.max_draws", self.max_draws, "must be >= 1")
-        _check(self.draw_factor > 0, f"{key}.draw_factor", self.draw_factor, "must be > 0 (questions per draw / batch)")
-        _check_mix(key, self.mix)
-
-
-@dataclass
-class AdaptiveSamplerConfig:
-    """LILO Algorithm 3: a cheap first screen, then more rollouts for the most learnable candidates."""
-
-    name: str = "learnability_adaptive"
-    pool_factor: float = 4.0
-    initial_rollouts: int = 2
-    chunk_rollouts: int = 2
-    budget_factor: float = 1.5
-    mix: float = 0.0
-
-    def validate(self, key: str) -> None:
-        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor, "must be >= 1")
-        _check(self.initial_rollouts >= 2, f"{key}.initial_rollouts", self.initial_rollouts,
-               "must be >= 2: one answer cannot show a mixed result")
-        _check(self.chunk_rollouts >= 1, f"{key}.chunk_rollouts", self.chunk_rollouts, "must be >= 1")
-        _check(self.budget_factor > 0, f"{key}.budget_factor", self.budget_factor,
-               "must be > 0 (screening rollouts per step / (batch x K))")
-        _check_mix(key, self.mix)
-
-
-@dataclass
-class HistorySamplerConfig:
-    """Per-question Beta posterior over every rollout made, decayed with age; optional small screen."""
-
-    name: str = "learnability_history"
-    pool_factor: float = 4.0
-    prior: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    decay: float = 0.95
-    score: str = "expected"
-    screen_factor: float = 0.0
-    screen_rollouts: int = 2
-    mix: float = 0.0
-
-    def validate(self, key: str) -> None:
-        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor, "must be >= 1")
-        _check(len(self.prior) == 2 and min(self.prior) > 0, f"{key}.prior", self.prior,
-               "must be [alpha, beta], both > 0")
-        _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")
-        _check(self.score in ("thompson", "expected"), f"{key}.score", self.score, "allowed: thompson, expected")
-        _check(self.screen_factor >= 0, f"{key}.screen_factor", self.screen_factor, "must be >= 0 (0: no screen)")
-        _check(self.screen_rollouts >= 1, f"{key}.screen_rollouts", self.screen_rollouts, "must be >= 1")
-        _check_mix(key, self.mix)
 
 
 @dataclass

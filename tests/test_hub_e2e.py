@@ -90,8 +90,7 @@ def test_lrn_eval_gsm8k_and_math500_files_write_records_that_lrn_grade_reproduce
             assert [r["answer"] for r in records] == [s["answer"] for s in source]
             assert records[0]["prompt"].endswith("put your final answer within \\boxed{}.")
             assert {r["subject"] for r in records} <= {s["subject"] for s in source}
-        assert all(r["truncated"] == (r["completion_tokens"] == 48 and r["reward"] == 0) or not r["truncated"]
-                   for r in records)
+        assert all(r["completion_tokens"] == 48 and r["reward"] == 0 for r in records if r["truncated"])
         graded = tmp_path / f"{name}.graded.jsonl"
         proc = run_lrn("grade", str(out / "records.jsonl"), f"dataset={name}", "--out", str(graded))
         assert [g["reward"] for g in rows(graded)] == [r["reward"] for r in records]
