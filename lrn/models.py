@@ -124,22 +124,19 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
-def prompt_renderer(tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig):
-    """How a filled-in prompt template becomes model input: the chat template's user turn, or as is."""
-    if cfg.chat_template == "auto" and getattr(tokenizer, "chat_template", None):
+def prepare_task(task, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig):
+    """Give ``task`` the model's prompt format: its own template if it has one, and the tokenizer's chat
+    template (the filled-in template as the user turn) unless it has none or ``chat_template=never``.
+    Chat-rendered text carries its own special tokens, so the tokenizer must not add any."""
+    if cfg.prompt_template is not None:
+        task.prompt_template = cfg.prompt_template
+    chat = cfg.chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    if chat:
         def render(text: str) -> str:
             return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                  add_generation_prompt=True)
-        return render
-    return lambda text: text
-
-
-def prepare_task(task, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig):
-    """Give ``task`` the model's prompt format (its own template if it has one, its chat template)."""
-    if cfg.prompt_template is not None:
-        task.prompt_template = cfg.prompt_template
-    task.render = prompt_renderer(tokenizer, cfg)
-    task.special_tokens = cfg.chat_template == "never" or not getattr(tokenizer, "chat_template", None)
+        task.render = render
+    task.special_tokens = not chat
     return task
 
 

@@ -17,6 +17,11 @@ class UniformSamplerConfig:
         pass
 
 
+def _check_pool_factor(key: str, pool_factor: float) -> None:
+    _check(pool_factor >= 1, f"{key}.pool_factor", pool_factor,
+           "the candidate pool must be at least the batch: use >= 1")
+
+
 def _check_mix(key: str, mix: float) -> None:
     _check(0 <= mix <= 1, f"{key}.mix", mix, "the uniformly drawn fraction of each batch must be in [0, 1]")
 
@@ -31,8 +36,7 @@ class LearnabilitySamplerConfig:
     mix: float = 0.0
 
     def validate(self, key: str) -> None:
-        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor,
-               "the candidate pool must be at least the batch: use >= 1")
+        _check_pool_factor(key, self.pool_factor)
         _check_mix(key, self.mix)
 
 
@@ -63,7 +67,7 @@ class AdaptiveSamplerConfig:
     mix: float = 0.0
 
     def validate(self, key: str) -> None:
-        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor, "must be >= 1")
+        _check_pool_factor(key, self.pool_factor)
         _check(self.initial_rollouts >= 2, f"{key}.initial_rollouts", self.initial_rollouts,
                "must be >= 2: one answer cannot show a mixed result")
         _check(self.chunk_rollouts >= 1, f"{key}.chunk_rollouts", self.chunk_rollouts, "must be >= 1")
@@ -86,7 +90,7 @@ class HistorySamplerConfig:
     mix: float = 0.0
 
     def validate(self, key: str) -> None:
-        _check(self.pool_factor >= 1, f"{key}.pool_factor", self.pool_factor, "must be >= 1")
+        _check_pool_factor(key, self.pool_factor)
         _check(len(self.prior) == 2 and min(self.prior) > 0, f"{key}.prior", self.prior,
                "must be [alpha, beta], both > 0")
         _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")

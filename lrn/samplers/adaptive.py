@@ -35,6 +35,13 @@ class AdaptiveLearnabilitySampler(Sampler):
         groups: list[list[Rollout]] = [list(g) for g in rollout_fn(candidates, self.initial)]
         spent, rounds = len(candidates) * self.initial, 0
 
+        def extend(asks: list[tuple[int, int]]) -> None:
+            """Roll out m more answers for each (candidate, m): one call per distinct m (usually one)."""
+            for m in sorted({m for _, m in asks}):
+                idx = [i for i, mi in asks if mi == m]
+                for i, g in zip(idx, rollout_fn([candidates[i] for i in idx], m), strict=True):
+                    groups[i].extend(g)
+
         def scores() -> np.ndarray:
             right = np.array([sum(r.reward for r in g) for g in groups])
             made = np.array([len(g) for g in groups])
@@ -52,18 +59,11 @@ class AdaptiveLearnabilitySampler(Sampler):
                     break
                 asks.append((i, m))
                 extra -= m
-            for m in sorted({m for _, m in asks}):  # one call per distinct size (usually one)
-                idx = [i for i, mi in asks if mi == m]
-                for i, g in zip(idx, rollout_fn([candidates[i] for i in idx], m), strict=True):
-                    groups[i].extend(g)
-                spent += m * len(idx)
+            extend(asks)
+            spent += sum(m for _, m in asks)
             rounds += 1
         keep = [int(i) for i in top_n(scores(), n)]
-        short = [i for i in keep if len(groups[i]) < self.k]
-        for size in sorted({self.k - len(groups[i]) for i in short}):  # top-ups, grouped by size
-            idx = [i for i in short if self.k - len(groups[i]) == size]
-            for i, g in zip(idx, rollout_fn([candidates[i] for i in idx], size), strict=True):
-                groups[i].extend(g)
+        extend([(i, self.k - len(groups[i])) for i in keep if len(groups[i]) < self.k])  # top-ups to K
         kept = set(keep)
         waste = sum(len(groups[i]) for i in range(len(groups)) if i not in kept)
         return Pick([candidates[i] for i in keep], [groups[i] for i in keep], screened=groups,

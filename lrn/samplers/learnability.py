@@ -8,7 +8,7 @@ broken at random: candidates arrive in random order and the sort is stable.
 from __future__ import annotations
 
 from lrn.rollout import RolloutFn
-from lrn.samplers.base import Pick, Sampler, learnability
+from lrn.samplers.base import Pick, Sampler, learnability, top_n
 
 
 class LearnabilitySampler(Sampler):
@@ -22,6 +22,6 @@ class LearnabilitySampler(Sampler):
         candidates = self.draw(self.pool_size)
         groups = rollout_fn(candidates, self.k)
         scores = [learnability(g, self.bessel) for g in groups]
-        keep = sorted(range(len(candidates)), key=lambda i: -scores[i])[:n]
+        keep = [int(i) for i in top_n(scores, n)]
         return Pick([candidates[i] for i in keep], [groups[i] for i in keep], screened=groups,
                     screening_rollouts=(len(candidates) - len(keep)) * self.k)

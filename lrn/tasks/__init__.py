@@ -16,7 +16,7 @@ class Task:
     """A training pool, a held-out set, how to prompt and how to grade.
 
     ``render`` turns the filled-in template into the model's input text; the identity by default,
-    a chat template once :func:`lrn.models.prompt_renderer` has seen the tokenizer.
+    a chat template once :func:`lrn.models.prepare_task` has seen the tokenizer.
     """
 
     name: str
