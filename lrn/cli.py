@@ -224,9 +224,10 @@ def eval_command(ctx: typer.Context) -> None:
     from lrn.evaluate import evaluate, write_results
     from lrn.logger import MetricsLogger
     from lrn.models import load_policy, prepare_task
+    from lrn.policy import Policy, compute_dtype
     from lrn.progress import eval_progress, print_eval
-    from lrn.rollout import RolloutEngine
     from lrn.tasks import build_task
+    from lrn.trainer import build_rollouts, grade_pool, seed_everything
 
     logging.basicConfig(level=logging.WARNING)
     overrides, run_dir = eval_target(list(ctx.args))
@@ -240,6 +241,7 @@ def eval_command(ctx: typer.Context) -> None:
         task = build_task(config.dataset, evaluation=True)
         lm, tokenizer = load_policy(config.model, config.dataset)
         prepare_task(task, tokenizer, config.model)
+        policy = Policy(lm, with_value=False, dtype=compute_dtype(config.model.dtype, lm.device))
     except ConfigError as e:
         fail(str(e))
     if config.eval.output_dir:
@@ -249,14 +251,15 @@ def eval_command(ctx: typer.Context) -> None:
     else:
         out = Path("outputs") / "eval" / f"{datetime.datetime.now():%Y-%m-%d/%H-%M-%S}_{task.name}"
     problems = task.test[: config.eval.limit] if config.eval.limit else task.test
-    from lrn.trainer import seed_everything
-
     seed_everything(config.seed)
+    grading = grade_pool(config)
     with eval_progress(len(problems) * (1 + config.eval.samples)) as advance:
-        engine = RolloutEngine(lm, tokenizer, task, config.rollout.temperature, config.rollout.top_p,
-                               config.eval.batch_size, on_batch=advance, stop=config.rollout.stop)
-        result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples,
-                          config.eval.pass_k)
+        engine = build_rollouts(config, policy, tokenizer, task, config.eval.batch_size, grading, on_batch=advance)
+        try:
+            result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples,
+                              config.eval.pass_k)
+        finally:
+            grading.close()
     write_results(result, out, config.to_dict())
     logger = MetricsLogger(out, f"eval-{config.run_name}", config.to_dict(), config.logger.wandb)
     logger.log({"step": 0, **result.metrics})

@@ -70,18 +70,19 @@ class WarmStartConfig:
 
 @dataclass
 class LoraConfig:
-    """Optional LoRA adapters through ``peft`` (only the adapters and the value head are trained)."""
+    """Optional LoRA adapters through ``peft`` (only the adapters and the value head are trained).
+
+    No dropout: PPO updates run with every dropout off, LoRA's included (see ``lrn/policy.py``).
+    """
 
     enabled: bool = False
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
     def validate(self, key: str) -> None:
         _check(self.r >= 1, f"{key}.r", self.r, "must be >= 1")
         _check(self.alpha >= 1, f"{key}.alpha", self.alpha, "must be >= 1")
-        _check(0 <= self.dropout < 1, f"{key}.dropout", self.dropout, "must be in [0, 1)")
 
 
 @dataclass
@@ -108,8 +109,8 @@ class ModelConfig:
                "allowed: auto (the tokenizer's chat template when it has one), never")
         _check(self.prompt_template is None or "{question}" in self.prompt_template, f"{key}.prompt_template",
                self.prompt_template, "must contain '{question}' (or be null: the dataset's template)")
-        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype", self.dtype,
-               "allowed: auto, float32, bfloat16, float16")
+        _check(self.dtype in ("auto", "float32", "bfloat16"), f"{key}.dtype", self.dtype,
+               "allowed: auto, float32, bfloat16 (float16 would need loss scaling, which lrn does not do)")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                f"{key}.device", self.device, "allowed: auto, cpu, cuda, cuda:N, mps")
 
@@ -256,14 +257,18 @@ class RolloutConfig:
 
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0
     batch_size: int = 1024
     stop: list[str] = field(default_factory=list)
+    grade_workers: int = 4
 
     def validate(self, key: str) -> None:
         _check(all(self.stop), f"{key}.stop", self.stop, "stop strings must not be empty")
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "must be > 0")
         _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "must be in (0, 1]")
+        _check(self.top_k >= 0, f"{key}.top_k", self.top_k, "must be >= 0 (0: off)")
         _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
+        _check(self.grade_workers >= 0, f"{key}.grade_workers", self.grade_workers, "must be >= 0 (0: inline)")
 
 
 @dataclass

@@ -288,15 +288,42 @@ def grade_many(completions: Sequence[str], golds: Sequence[str], grader_name: st
     """
     if len(completions) != len(golds):
         raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
-    if grader_name not in GRADERS:
-        raise ValueError(f"unknown grader {grader_name!r}; choose one of {sorted(GRADERS)}")
-    items = [(grader_name, c, g) for c, g in zip(completions, golds, strict=True)]
-    if workers <= 0 or len(items) <= 1:
-        return [_grade_one(item) for item in items]
-    workers = min(workers, len(items))
-    chunk = max(1, len(items) // (4 * workers))
-    with _pool_context().Pool(workers) as pool:
-        return pool.map(_grade_one, items, chunksize=chunk)
+    pool = GradePool(grader_name, min(workers, len(golds)))
+    try:
+        return pool.grade(completions, golds)
+    finally:
+        pool.close()
+
+
+class GradePool:
+    """Grades batches in order: in ``workers`` persistent processes, or inline with ``workers=0``.
+
+    Processes are for the ``math`` grader (math-verify: up to MATH_TIMEOUT_S per answer, a timeout
+    scores 0; its signal-based timeouts need each worker's main thread); the others take microseconds.
+
+    The pool starts on first use and lives until :meth:`close`, so a training run pays its start once.
+    """
+
+    def __init__(self, grader_name: str, workers: int = 0):
+        if grader_name not in GRADERS:
+            raise ValueError(f"unknown grader {grader_name!r}; choose one of {sorted(GRADERS)}")
+        self.grader_name = grader_name
+        self.workers = workers
+        self._pool = None
+
+    def grade(self, completions: Sequence[str], golds: Sequence[str]) -> list[float]:
+        items = [(self.grader_name, c, g) for c, g in zip(completions, golds, strict=True)]
+        if self.workers <= 0 or len(items) <= 1:
+            return [_grade_one(item) for item in items]
+        if self._pool is None:
+            self._pool = _pool_context().Pool(self.workers)
+        return self._pool.map(_grade_one, items, chunksize=max(1, len(items) // (4 * self.workers)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
 def final_answer(grader_name: str, completion: str) -> str | None:

@@ -7,12 +7,10 @@ with ``save_pretrained`` so that it takes exactly the same loading path as a Hub
 
 from __future__ import annotations
 
-import copy
 import string
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lrn.config import ConfigError, ModelConfig, TinyModelConfig
@@ -25,13 +23,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` means bf16 on a GPU that supports it, fp32 elsewhere."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, dtype)
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerBase:
@@ -61,9 +52,8 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
     return LlamaForCausalLM(config)
 
 
-def load_pretrained(path: str | Path, device: torch.device, dtype: torch.dtype
-                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a Hub name or a local directory.
+def load_pretrained(path: str | Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM (float32 weights: the master copy) and its tokenizer from a Hub name or a directory.
 
     A directory holding a LoRA adapter (adapter_config.json) loads its base model with the adapter
     merged in, so a LoRA run's saved policy evaluates like any other.
@@ -73,9 +63,9 @@ def load_pretrained(path: str | Path, device: torch.device, dtype: torch.dtype
         if (Path(path) / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
-            model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=dtype).merge_and_unload()
+            model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).merge_and_unload()
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError) as e:
         first = " ".join(str(e).split())[:300]
         raise ConfigError(f"model.name_or_path={str(path)!r}: cannot load a causal LM and tokenizer ({first}); "
@@ -92,13 +82,12 @@ def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrained
     Applies the training-only options: gradient checkpointing and LoRA adapters.
     """
     device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
     path = cfg.name_or_path
     if path is None:
         from lrn.warmstart import warm_start
 
         path = warm_start(cfg, task_cfg, device)
-    model, tokenizer = load_pretrained(path, device, dtype)
+    model, tokenizer = load_pretrained(path, device)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -107,7 +96,7 @@ def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrained
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                           target_modules=("all-linear" if cfg.lora.target_modules == ["all-linear"]
                                           else list(cfg.lora.target_modules)), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
@@ -138,35 +127,3 @@ def prepare_task(task, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig):
         task.render = render
     task.special_tokens = not chat
     return task
-
-
-class PolicyWithValue(nn.Module):
-    """A causal LM with a scalar value head on its last hidden state (used by GAE advantages)."""
-
-    def __init__(self, lm: PreTrainedModel, with_value: bool):
-        super().__init__()
-        self.lm = lm
-        self.value_head = nn.Linear(lm.config.hidden_size, 1) if with_value else None
-        if self.value_head is not None:
-            nn.init.zeros_(self.value_head.weight)
-            nn.init.zeros_(self.value_head.bias)
-            self.value_head.to(device=lm.device, dtype=lm.dtype)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, V] and values [B, T] (None without a value head); left padding aware."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      output_hidden_states=self.value_head is not None, use_cache=False)
-        values = None
-        if self.value_head is not None:
-            values = self.value_head(out.hidden_states[-1]).squeeze(-1).float()
-        return out.logits.float(), values
-
-
-def frozen_reference(lm: PreTrainedModel) -> PreTrainedModel:
-    """A frozen copy of the starting policy, for the KL penalty."""
-    ref = copy.deepcopy(lm).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref

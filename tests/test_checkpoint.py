@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 
+from lrn.batch import PPOBatch
 from lrn.checkpoint import (
     CheckpointError,
     TrainState,
@@ -28,8 +29,10 @@ from lrn.checkpoint import (
     write_tree,
 )
 from lrn.config import TinyModelConfig
+from lrn.engines import SamplingSpec
 from lrn.logger import truncate_metrics
-from lrn.models import PolicyWithValue, build_char_tokenizer, build_tiny_model
+from lrn.models import build_char_tokenizer, build_tiny_model
+from lrn.policy import Policy
 from lrn.resume import config_changes, resume_overrides
 from lrn.samplers.uniform import UniformSampler
 from lrn.tasks import Problem
@@ -180,13 +183,14 @@ def small_run_objects():
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
     lm = build_tiny_model(TinyModelConfig(layers=1, width=16, heads=2, ffn=32), tokenizer)
-    policy = PolicyWithValue(lm, with_value=True)
+    policy = Policy(lm, with_value=True)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 3))
-    ids = torch.randint(3, 40, (2, 6))
+    batch = PPOBatch(torch.randint(3, 40, (2, 6)), torch.ones(2, 6, dtype=torch.long), torch.ones(2, 3),
+                     torch.zeros(2), prompt_len=3)
     for _ in range(2):
-        logits, values = policy(ids, torch.ones_like(ids))
-        (logits.mean() + values.mean()).backward()
+        logp, _, values = policy(batch, SamplingSpec(max_new_tokens=3), entropy_grad=True)
+        (logp.mean() + values.mean()).backward()
         optimizer.step()
         schedule.step()
     sampler = UniformSampler([Problem(str(i), f"{i}+1", str(i + 1)) for i in range(10)], 2, 2, seed=0)

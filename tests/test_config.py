@@ -78,3 +78,13 @@ def test_cli_help_and_cfg(run_lrn):
     assert groups in help_text and "== Config ==" in help_text
     cfg_text = run_lrn("train", "--cfg", "sampler=uniform", "seed=5").stdout
     assert "name: uniform" in cfg_text and "seed: 5" in cfg_text
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_and_validates(name):
+    """Each preset carries the paper's settings and leaves the sampler to the command line."""
+    config = to_config(compose([f"experiment={name}", "sampler=uniform"]))
+    assert (config.trainer.batch_size, config.trainer.rollouts_per_question) == (64, 8)
+    assert (config.rollout.temperature, config.rollout.top_p, config.ppo.clip, config.ppo.epochs) == (0.6, 0.9, 0.2, 2)
+    assert config.model.dtype == "bfloat16" and config.model.name_or_path and config.sampler.name == "uniform"
+    assert config.ppo.micro_batch_size and config.eval.limit and config.trainer.eval_every == 25

@@ -11,8 +11,8 @@ from conftest import ROOT
 from hub_model import build
 
 from lrn.config import ModelConfig
-from lrn.models import load_pretrained, prepare_task
-from lrn.rollout import RolloutEngine
+from lrn.engines import SamplingSpec, finish
+from lrn.models import eos_ids, load_pretrained, prepare_task
 from lrn.tasks import Problem, Task
 
 DATA = ROOT.parent / "shared" / "data"
@@ -41,32 +41,34 @@ def task_of(template: str) -> Task:
 
 def test_prompts_use_the_chat_template_or_plain_text(qwen_dir, llama_dir):
     problem = Problem("p", "What is 2+3?", "5")
-    _, qwen_tok = load_pretrained(qwen_dir, torch.device("cpu"), torch.float32)
+    _, qwen_tok = load_pretrained(qwen_dir, torch.device("cpu"))
     chat = prepare_task(task_of("{question}\nAnswer after ####."), qwen_tok, ModelConfig())
     assert chat.prompt(problem) == ("<|im_start|>user\nWhat is 2+3?\nAnswer after ####.<|im_end|>\n"
                                     "<|im_start|>assistant\n")
     assert not chat.special_tokens  # the template's text carries its own special tokens
     plain = prepare_task(task_of("{question}\nAnswer after ####."), qwen_tok, ModelConfig(chat_template="never"))
     assert plain.prompt(problem) == "What is 2+3?\nAnswer after ####." and plain.special_tokens
-    _, llama_tok = load_pretrained(llama_dir, torch.device("cpu"), torch.float32)
+    _, llama_tok = load_pretrained(llama_dir, torch.device("cpu"))
     rho = prepare_task(task_of("{question} \\boxed{}"), llama_tok,
                        ModelConfig(prompt_template="[MATH_TASK] Problem:\n{question}\n\nSolution:"))
     assert rho.prompt(problem) == "[MATH_TASK] Problem:\nWhat is 2+3?\n\nSolution:"  # no chat template: plain
 
 
 def test_answers_end_at_any_eos_or_a_stop_string_else_are_truncated(qwen_dir):
-    model, tok = load_pretrained(qwen_dir, torch.device("cpu"), torch.float32)
+    model, tok = load_pretrained(qwen_dir, torch.device("cpu"))
     im_end, pad = tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
-    engine = RolloutEngine(model, tok, task_of("{question}"), stop=["\n\n\nProblem:"])
-    assert engine.eos == [im_end, pad]  # the tokenizer's EOS and the generation config's
+    assert eos_ids(model, tok) == [im_end, pad]  # the tokenizer's EOS and the generation config's
+    spec = SamplingSpec(max_new_tokens=16, stop=("\n\n\nProblem:",), eos_ids=(im_end, pad))
     words = tok("#### 5", add_special_tokens=False)["input_ids"]
-    assert engine.finish(words + [im_end, 7, 8]) == (words + [im_end], False)
-    assert engine.finish(words + [pad, pad]) == (words + [pad], False)
+    assert finish(words + [im_end, 7, 8], spec, tok.decode) == (words + [im_end], False)
+    assert finish(words + [pad, pad], spec, tok.decode) == (words + [pad], False)  # pad = EOS, sampled first
     stopped = tok("#### 5\n\n\nProblem: next", add_special_tokens=False)["input_ids"]
-    ids, truncated = engine.finish(stopped)
+    ids, truncated = finish(stopped, spec, tok.decode)
     assert not truncated and tok.decode(ids).endswith("Problem:") and tok.decode(ids).startswith("#### 5")
     assert "Problem:" not in tok.decode(ids[:-1])  # the shortest prefix holding the stop string
-    assert engine.finish(words) == (words, True)
+    # stopped by the string, then padded with pad = EOS: that pad was never sampled and is not kept
+    assert finish(ids + [pad, pad], spec, tok.decode) == (ids, False)
+    assert finish(words, spec, tok.decode) == (words, True)
 
 
 @needs_data

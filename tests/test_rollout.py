@@ -1,31 +1,35 @@
-"""The rollout engine and collation: padding layout, and log-probs that match the sampler's."""
+"""The rollout engine and collation: padding layout, answers' ends, counting and reproducibility."""
 
-import pytest
 import torch
 
+from lrn.batch import collate
 from lrn.config import ArithmeticConfig, TinyModelConfig
-from lrn.models import PolicyWithValue, build_char_tokenizer, build_tiny_model
-from lrn.rollout import Rollout, RolloutEngine, collate
+from lrn.engines import HFEngine, SamplingSpec, finish
+from lrn.grading import GradePool
+from lrn.models import build_char_tokenizer, build_tiny_model
+from lrn.rollout import Rollout, RolloutEngine
 from lrn.tasks import Problem, build_task
-from lrn.trainer import completion_view
 
 
-def make_engine(seed=0):
+def make_engine(seed=0, **spec):
     torch.manual_seed(seed)
     tok = build_char_tokenizer()
-    model = build_tiny_model(TinyModelConfig(layers=1, width=32, heads=2, ffn=64), tok).eval()
+    model = build_tiny_model(TinyModelConfig(layers=1, width=32, heads=2, ffn=64), tok)
     task = build_task(ArithmeticConfig(train_size=20, test_per_level=2))
-    return RolloutEngine(model, tok, task, temperature=1.0, batch_size=7), tok, model, task
+    sampling = SamplingSpec(max_new_tokens=task.max_new_tokens, eos_ids=(tok.eos_token_id,), **spec)
+    engine = RolloutEngine(HFEngine(model, tok, batch_size=7), tok, task, sampling, GradePool("integer"))
+    return engine, tok, model, task
 
 
 def test_collate_left_pads_prompts_and_right_pads_completions():
     p = Problem("a", "1+1", "2")
     rs = [Rollout(p, [5, 6], [7, 1], "", 1.0, False), Rollout(p, [5, 6, 8], [9], "", 0.0, False)]
     b = collate(rs, pad_id=0, device=torch.device("cpu"))
-    assert b["input_ids"].tolist() == [[0, 5, 6, 7, 1], [5, 6, 8, 9, 0]]
-    assert b["attention_mask"].tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
-    assert b["completion_mask"].tolist() == [[1, 1], [1, 0]]
-    assert b["rewards"].tolist() == [1.0, 0.0] and int(b["prompt_len"]) == 3
+    assert b.input_ids.tolist() == [[0, 5, 6, 7, 1], [5, 6, 8, 9, 0]]
+    assert b.attention_mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    assert b.completion_mask.tolist() == [[1, 1], [1, 0]]
+    assert b.rewards.tolist() == [1.0, 0.0] and b.prompt_len == 3
+    assert b.rows(torch.tensor([1])).input_ids.tolist() == [[5, 6, 8, 9, 0]]
 
 
 def test_rollouts_are_counted_graded_and_reproducible():
@@ -47,28 +51,15 @@ def test_rollouts_are_counted_graded_and_reproducible():
     assert [r.completion_ids for g in again for r in g] == [r.completion_ids for g in groups for r in g]
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_training_forward_reproduces_the_sampling_distribution(temperature):
-    """Log-probs from the trainer's left-padded forward equal those generate() sampled with."""
-    engine, tok, model, task = make_engine()
-    prompts = [task.prompt(p) for p in task.test[:6]]  # different lengths -> real left padding
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    torch.manual_seed(0)
-    out = model.generate(**enc, do_sample=True, top_k=0, temperature=temperature, max_new_tokens=5, pad_token_id=0,
-                         eos_token_id=tok.eos_token_id, output_scores=True, return_dict_in_generate=True)
-    width = enc["input_ids"].shape[1]
-    sampled = torch.stack(out.scores, 1).log_softmax(-1)
-    rollouts = []
-    for i in range(len(prompts)):
-        seq = out.sequences[i, width:].tolist()
-        comp = seq[: seq.index(tok.eos_token_id) + 1] if tok.eos_token_id in seq else seq
-        row, mask = enc["input_ids"][i].tolist(), enc["attention_mask"][i].tolist()
-        prompt_ids = [t for t, m in zip(row, mask, strict=True) if m]
-        rollouts.append(Rollout(task.test[i], prompt_ids, comp, "", 0.0, False))
-    batch = collate(rollouts, 0, torch.device("cpu"))
-    with torch.no_grad():
-        logits, _ = PolicyWithValue(model, with_value=False)(batch["input_ids"], batch["attention_mask"])
-    logp, _, _ = completion_view(batch, logits, None, temperature)
-    for i, r in enumerate(rollouts):
-        expected = sampled[i, torch.arange(len(r.completion_ids)), torch.tensor(r.completion_ids)]
-        assert torch.allclose(logp[i, : len(r.completion_ids)], expected, atol=1e-4)
+def test_finish_never_keeps_an_unsampled_pad_that_is_also_an_eos():
+    """pad == EOS (id 9): after a stop string ends an answer, generate pads with 9; that 9 was never
+    sampled, so it is not part of the answer. A 9 sampled before any stop string ends the answer."""
+    decode = {1: "a", 2: "b", 3: "STOP", 9: ""}.get
+    spec = SamplingSpec(max_new_tokens=6, stop=("STOP",), eos_ids=(9,))
+
+    def text(ids):
+        return "".join(decode(i) for i in ids)
+
+    assert finish([1, 2, 3, 9, 9, 9], spec, text) == ([1, 2, 3], False)
+    assert finish([1, 9, 3, 9, 9, 9], spec, text) == ([1, 9], False)
+    assert finish([1, 2, 1, 2, 1, 2], spec, text) == ([1, 2, 1, 2, 1, 2], True)

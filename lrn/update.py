@@ -1,0 +1,109 @@
+"""Phases 4 and 5 of a training step: advantages, and the clipped-ratio PPO update on a :class:`PPOBatch`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lrn import ppo
+from lrn.batch import PPOBatch
+from lrn.config import PPOConfig
+from lrn.engines import SamplingSpec
+from lrn.policy import Policy
+
+
+class NonFiniteError(ArithmeticError):
+    """A mini-batch produced a non-finite loss or gradient norm (and ``ppo.skip_nonfinite`` is off)."""
+
+
+def compute_advantages(cfg: PPOConfig, batch: PPOBatch, values: torch.Tensor | None, k: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token advantages [B, C] (and returns for the value loss, GAE only)."""
+    mask = batch.completion_mask
+    if cfg.advantage == "group":
+        adv = ppo.group_advantages(batch.rewards, k)
+        if cfg.whiten:  # scale only: a zero-signal group must keep advantage exactly 0
+            adv = adv / (adv.std(unbiased=False) + 1e-8)
+        return adv[:, None] * mask, None
+    rewards = ppo.terminal_rewards(batch.rewards, mask)
+    adv, returns = ppo.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten:
+        adv = ppo.masked_whiten(adv, mask)
+    return adv, returns
+
+
+def prepare(policy: Policy, cfg: PPOConfig, batch: PPOBatch, spec: SamplingSpec, k: int) -> None:
+    """Fill ``batch``'s old log-probs, values, advantages and (with a KL term) reference log-probs from
+    no-grad passes of the current (= old) policy, in chunks of ``cfg.micro_batch_size`` sequences."""
+    batch.old_logp, batch.old_values = policy.score(batch, spec, cfg.micro_batch_size)
+    batch.advantages, batch.returns = compute_advantages(cfg, batch, batch.old_values, k)
+    if cfg.kl_coef > 0:
+        with policy.reference() as reference:
+            batch.ref_logp = reference.score(batch, spec, cfg.micro_batch_size)[0]
+
+
+def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig, batch: PPOBatch,
+               spec: SamplingSpec) -> dict[str, float]:
+    """Epochs x mini-batches of clipped PPO; returns the mean of each loss and diagnostic.
+
+    With ``cfg.micro_batch_size`` each mini-batch is split into micro-batches whose gradients are
+    accumulated; each micro-batch's token-mean losses are weighted by its share of the mini-batch's
+    answer tokens, so the update equals the unsplit one (up to float rounding) in less memory.
+    A non-finite loss or gradient norm raises :class:`NonFiniteError`, or with ``cfg.skip_nonfinite``
+    skips that mini-batch's update (counted in ``ppo/skipped_updates``, left out of the means).
+    """
+    n = len(batch)
+    size = max(1, n // cfg.minibatches)
+    micro = cfg.micro_batch_size or size
+    sums: dict[str, float] = {}
+    updates = skipped = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n)
+        for start in range(0, n - size + 1, size):
+            idx = order[start:start + size]
+            tokens = batch.completion_mask[idx.to(batch.completion_mask.device)].sum().clamp(min=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            parts: dict[str, float] = {}
+            for m in range(0, size, micro):
+                mb = batch.rows(idx[m:m + micro])
+                mask = mb.completion_mask
+                weight = mask.sum() / tokens
+                logp, entropy, values = policy(mb, spec, entropy_grad=cfg.ent_coef > 0)
+                pg_loss, stats = ppo.policy_loss(logp, mb.old_logp, mb.advantages, mask, cfg.clip)
+                ent = ppo.masked_mean(entropy, mask)
+                loss = pg_loss - cfg.ent_coef * ent if cfg.ent_coef > 0 else pg_loss
+                terms = {"loss/policy": pg_loss, "ppo/entropy": ent, "ppo/clipfrac": stats["clipfrac"],
+                         "ppo/approx_kl": stats["approx_kl"]}
+                if values is not None:
+                    v_loss = ppo.value_loss(values, mb.old_values, mb.returns, mask, cfg.value_clip)
+                    loss = loss + cfg.vf_coef * v_loss
+                    terms["loss/value"] = v_loss
+                if mb.ref_logp is not None:
+                    kl = ppo.kl_to_reference(logp, mb.ref_logp, mask)
+                    loss = loss + cfg.kl_coef * kl
+                    terms["ppo/kl"] = kl
+                terms["loss/total"] = loss
+                for key, value in terms.items():
+                    parts[key] = parts.get(key, 0.0) + (value * weight).item()
+                if not math.isfinite(parts["loss/total"]):
+                    break
+                (loss * weight).backward()
+            grad_norm = math.nan
+            if math.isfinite(parts["loss/total"]):
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+            if not math.isfinite(grad_norm):  # also when the loss was not finite (no step then)
+                optimizer.zero_grad(set_to_none=True)
+                if not cfg.skip_nonfinite:
+                    raise NonFiniteError(f"loss {parts['loss/total']:.4g}, gradient norm {grad_norm:.4g}")
+                skipped += 1
+                continue
+            optimizer.step()
+            parts["ppo/grad_norm"] = grad_norm
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            updates += 1
+    stats = {key: value / updates for key, value in sums.items()}
+    if cfg.skip_nonfinite:
+        stats["ppo/skipped_updates"] = float(skipped)
+    return stats
