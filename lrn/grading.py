@@ -300,7 +300,8 @@ def grade_many(completions: Sequence[str], golds: Sequence[str], grader_name: st
 
 
 def final_answer(grader_name: str, completion: str) -> str | None:
-    """The answer a grader would read from a completion, normalised for majority voting (maj@k).
+    """The answer a grader would read from a completion, normalised for majority voting (maj@k); None
+    when there is none (or, under ``math``, one too risky to parse, which would score 0 anyway).
 
     >>> final_answer("integer", " +0042"), final_answer("numeric", "so #### 1,200"), final_answer("math", r"\\boxed{x}")
     ('42', '1200', 'x')
@@ -314,4 +315,26 @@ def final_answer(grader_name: str, completion: str) -> str | None:
         value = _to_fraction(answer) if answer is not None else None
         return str(value) if value is not None else answer
     boxed = last_boxed(text)
-    return re.sub(r"\s+", "", boxed) if boxed is not None else None
+    return boxed.strip() if boxed is not None and boxed.strip() and not _too_risky(boxed) else None
+
+
+def grade_answer(grader_name: str, answer: str, gold: str) -> float:
+    r"""Grade an answer from :func:`final_answer` against a gold, as the grader grades a completion ending in it.
+
+    >>> grade_answer("math", r"\frac{1}{2}", "0.5"), grade_answer("numeric", "1/2", "0.5")
+    (1.0, 1.0)
+    >>> grade_answer("integer", "7", "8")
+    0.0
+    """
+    completion = {"integer": answer, "numeric": f"#### {answer}"}.get(grader_name, "\\boxed{" + answer + "}")
+    return GRADERS[grader_name](completion, gold)
+
+
+def same_answer(grader_name: str, a: str, b: str) -> bool:
+    r"""Whether two answers from :func:`final_answer` are one vote: equal, or the grader accepts either
+    as right against the other as gold.
+
+    >>> same_answer("math", r"\frac{1}{2}", "0.5"), same_answer("math", "2", "0.5"), same_answer("integer", "2", "2")
+    (True, False, True)
+    """
+    return a == b or grade_answer(grader_name, a, b) == 1.0 or grade_answer(grader_name, b, a) == 1.0
