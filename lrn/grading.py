@@ -134,10 +134,16 @@ def extract_numeric_answer(completion: str) -> str | None:
             found = list(_ANSWER_IS.finditer(text))
             segment = text[found[-1].end():].split("\n", 1)[0] if found else None
     if segment is not None:
-        m = _NUMBER.search(_normalise(segment[:MAX_ANSWER_CHARS]))
-        return m.group(0).replace(" ", "") if m else None
+        return _first_number(segment)
     numbers = _NUMBER.findall(_normalise(text))
     return numbers[-1].replace(" ", "") if numbers else None
+
+
+def _first_number(segment: str) -> str | None:
+    """The first number of an answer segment once currency, thousands separators and ``\\frac`` are
+    normalised; units and words around it are ignored."""
+    m = _NUMBER.search(_normalise(segment[:MAX_ANSWER_CHARS]))
+    return m.group(0).replace(" ", "") if m else None
 
 
 def extract_gsm8k_gold(solution: str) -> str:
@@ -167,15 +173,37 @@ def grade_numeric(completion: str, gold: str) -> float:
     (1.0, 1.0)
     >>> grade_numeric("#### 17", "18"), grade_numeric("#### 18.000001", "18"), grade_numeric("", "18")
     (0.0, 0.0, 0.0)
+    >>> grade_numeric(r"so \\boxed{9}", "9 (apples)"), grade_numeric("The answer is 9", "$9.00")
+    (1.0, 1.0)
     """
-    token = extract_numeric_answer(completion)
-    want = _to_fraction(_normalise(gold.strip()))
+    token, gold_token = extract_numeric_answer(completion), normalise_gold("numeric", gold)
+    want = _to_fraction(gold_token) if gold_token is not None else None
     got = _to_fraction(token) if token is not None else None
     if got is None or want is None:
         return 0.0
     if want.denominator == 1:
         return float(got == want)
     return float(abs(got - want) <= Fraction(1, 10**6) * abs(want))
+
+
+def normalise_gold(grader_name: str, gold: str) -> str | None:
+    r"""A gold answer as the grader reads it, by the rules it applies to a predicted answer; None if it
+    cannot read it at all. integer: a whole integer. numeric: the number itself, else the first number once
+    currency, thousands separators and ``\frac`` are normalised (units and trailing words ignored).
+    math: as is (math-verify normalises both sides), unless empty or too risky to parse.
+
+    >>> [normalise_gold("numeric", g) for g in ("9 (apples)", "$1,080.00", "1e6", r"\frac{3}{4} cup", "twelve")]
+    ['9', '1080.00', '1e6', '3/4', None]
+    >>> normalise_gold("integer", "+0042"), normalise_gold("integer", "9 (apples)"), normalise_gold("math", " x ")
+    ('42', None, 'x')
+    """
+    text = gold.strip()
+    if grader_name == "integer":
+        return final_answer("integer", text)
+    if grader_name == "numeric":
+        whole = _normalise(text).replace(" ", "")
+        return whole if _to_fraction(whole) is not None else _first_number(text)
+    return text if text and not _too_risky(text) else None
 
 
 # ----------------------------------------------------------------------------------------- MATH
