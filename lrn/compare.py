@@ -271,15 +271,17 @@ def choose_metric(runs: Sequence[Run], metric: str | None = None) -> str:
 
 
 def check_same_evaluation(runs: Sequence[Run]) -> None:
-    """Refuse runs evaluated differently (see EVAL_KEYS): their accuracies are not one measurement."""
+    """Refuse runs evaluated differently (see EVAL_KEYS): their accuracies are not one measurement.
+
+    A key a run lacks counts as null (a key added to the schema later, null by default, is not a difference).
+    """
     keys = [k for k in dict.fromkeys(k for r in runs for k in r.config)
             if k in EVAL_KEYS or (k.startswith("dataset.") and k not in TRAINING_DATASET_KEYS)]
     differ = []
     for key in keys:
         by_value: dict[str, list[Run]] = {}
         for run in runs:
-            value = run.config.get(key, MISSING)
-            by_value.setdefault("absent" if value == MISSING else fmt_value(value), []).append(run)
+            by_value.setdefault(fmt_value(run.config.get(key)), []).append(run)
         if len(by_value) > 1:
             differ.append(f"{key} = " + " vs ".join(f"{v} ({len(rs)} run(s), e.g. {rs[0].path})"
                                                     for v, rs in by_value.items()))

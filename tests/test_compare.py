@@ -251,6 +251,7 @@ def test_summaries_of_groups_with_different_evaluation_steps():
 def test_mixed_evaluation_settings_are_refused():
     ev = {0: 0.1, 10: 0.5}
     check_same_evaluation([mem_run("a", ev), mem_run("b", ev, **{"dataset.train_size": 10})])  # training side
+    check_same_evaluation([mem_run("a", ev), mem_run("b", ev, **{"dataset.question_template": None})])  # older
     for key, value in [("eval.limit", 100), ("eval.samples", 4), ("trainer.eval_every", 5),
                        ("dataset.test_seed", 7), ("dataset.test_path", "held.jsonl")]:
         with pytest.raises(CompareError, match=f"evaluated differently: {key} = "):
