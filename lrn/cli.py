@@ -162,13 +162,17 @@ def compare(
     metric: Annotated[str | None, typer.Option(
         metavar="KEY", help="Metric to compare.", show_default="the single eval/<set>/accuracy")] = None,
     target: Annotated[float | None, typer.Option(
-        help="Target value of the metric.", show_default="median over the baseline runs of their best value")
+        help="Target value of the metric.", show_default="best value of the baseline's seed-mean curve")
     ] = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for compare.md, compare.csv and compare.png.", show_default="<first DIR>/compare")
     ] = None,
 ) -> None:
-    """Steps, generated tokens and seconds to a target accuracy per group of runs, and speed-ups."""
+    """Steps, generated tokens and seconds to a target accuracy per group of runs, and speed-ups.
+
+    Runs evaluated differently (eval.limit, eval.samples, trainer.eval_every, the held-out dataset.*)
+    are refused.
+    """
     from lrn.compare import CompareError, compare_dirs
     from lrn.report import print_table, write_outputs
 

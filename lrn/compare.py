@@ -1,15 +1,13 @@
 """`lrn compare`: how fast each group of runs reaches a target held-out accuracy.
 
-Runs are grouped by config keys (seeds pool into one group). The target defaults to the paper's
-definition: the baseline's best held-out accuracy, i.e. the median over baseline runs of each run's
-best value of the metric. Per run, the first evaluation row (in step order) whose metric is >= the
-target gives steps-, tokens- and seconds-to-target; a run that never gets there counts as +infinity,
-so a group median can itself be "not reached". Speed-up = baseline median / group median.
-
-The plot draws one line per group, the mean over its runs with a min-max band. Runs' evaluation
-points can differ (eval steps, and always generated tokens), so each run's curve is linearly
-interpolated onto the union of its group's x values, restricted to the x range every run covers
-(no extrapolation).
+Runs are grouped by config keys (seeds pool into one group). Runs evaluated differently (``eval.limit``,
+``eval.samples``, ``trainer.eval_every`` or the held-out set's ``dataset.*`` keys) measure different
+things and are refused. A group's *seed-mean curve* is the mean over its seeds of the metric, the
+generated tokens and the elapsed seconds at the evaluation steps every seed has. The target defaults to
+the best value of the baseline's seed-mean curve. Steps-, tokens- and seconds-to-target are read where a
+curve first reaches the target, linearly interpolated between the two evaluations around that crossing
+(+infinity if it never does): on the seed-mean curve for the group, on each seed's own curve for the
+per-seed values. Speed-up = baseline's / group's, with a percentile bootstrap interval over seeds.
 """
 
 from __future__ import annotations
@@ -26,13 +24,18 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from lrn.curves import KINDS, Curve, bootstrap, default_target, mean_curve, to_target
+
 IGNORED_KEYS = {"seed", "run_name", "model.warm_start.cache_dir"}  # not part of the experiment
 IGNORED_PREFIXES = ("logger.", "eval.", "hydra.")
 METRIC_RE = re.compile(r"^eval/[^/]+/accuracy$")
 TOKENS, SECONDS = "counts/tokens_generated_total", "time/elapsed_s"
-TOLERANCE = 1e-9  # accuracies are fractions k/n: absorb float noise in `value >= target`
-KINDS = {"steps": "step", "tokens": "tokens", "seconds": "seconds"}  # reported kind -> Hit field
 MISSING = "\0missing"
+# Evaluation settings every compared run must share: eval.* keys that change what is measured, and the
+# dataset.* keys that define the held-out set or its grading (all but these training-side ones).
+EVAL_KEYS = ("eval.limit", "eval.samples", "trainer.eval_every")
+TRAINING_DATASET_KEYS = {"dataset.path", "dataset.train_split", "dataset.train_size", "dataset.train_seed",
+                         "dataset.train_limit", "dataset.prompt_template", "dataset.max_new_tokens"}
 
 
 class CompareError(ValueError):
@@ -49,18 +52,8 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Hit:
-    """The first evaluation row that reached the target."""
-
-    step: int
-    tokens: float
-    seconds: float
-    value: float
-
-
-@dataclass(frozen=True)
 class Stat:
-    """Median and range over a group's runs (math.inf = not reached)."""
+    """Median and range over a group's runs."""
 
     median: float
     lo: float
@@ -69,14 +62,17 @@ class Stat:
 
 @dataclass
 class GroupSummary:
-    """Everything reported for one group of runs."""
+    """Everything reported for one group of runs; dicts are keyed by KINDS."""
 
     label: str
     runs: list[Run]
     baseline: bool
-    reached: int
-    to_target: dict[str, Stat]  # keyed by KINDS
-    speedup: dict[str, float | None]  # keyed by KINDS; None where undefined
+    curve: Curve  # the seed-mean curve
+    reached: int  # seeds whose own curve reaches the target
+    to_target: dict[str, float]  # on the seed-mean curve, interpolated; inf = not reached
+    per_seed: dict[str, list[float]]  # each seed's own curve, interpolated, in run order
+    speedup: dict[str, float | None]  # None where undefined
+    interval: dict[str, tuple[float, float] | None]  # bootstrap; None for the baseline or no speed-up
     final: Stat
     best: Stat
     seconds_per_step: float
@@ -274,6 +270,26 @@ def choose_metric(runs: Sequence[Run], metric: str | None = None) -> str:
     return metric
 
 
+def check_same_evaluation(runs: Sequence[Run]) -> None:
+    """Refuse runs evaluated differently (see EVAL_KEYS): their accuracies are not one measurement.
+
+    A key a run lacks counts as null (a key added to the schema later, null by default, is not a difference).
+    """
+    keys = [k for k in dict.fromkeys(k for r in runs for k in r.config)
+            if k in EVAL_KEYS or (k.startswith("dataset.") and k not in TRAINING_DATASET_KEYS)]
+    differ = []
+    for key in keys:
+        by_value: dict[str, list[Run]] = {}
+        for run in runs:
+            by_value.setdefault(fmt_value(run.config.get(key)), []).append(run)
+        if len(by_value) > 1:
+            differ.append(f"{key} = " + " vs ".join(f"{v} ({len(rs)} run(s), e.g. {rs[0].path})"
+                                                    for v, rs in by_value.items()))
+    if differ:
+        raise CompareError(f"runs were evaluated differently: {'; '.join(differ)}; their accuracies are not "
+                           "comparable: compare runs with the same evaluation settings (one lrn compare each)")
+
+
 def eval_rows(rows: Sequence[dict], metric: str) -> list[dict]:
     """The rows that hold a value of ``metric``, in step order."""
     return sorted((r for r in rows if is_number(r.get(metric))), key=lambda r: r["step"])
@@ -289,27 +305,23 @@ def final_value(rows: Sequence[dict], metric: str) -> float:
     return eval_rows(rows, metric)[-1][metric]
 
 
-def default_target(runs: Sequence[Run], metric: str) -> float:
-    """The paper's target: median over the baseline runs of each run's best value of ``metric``."""
-    return statistics.median(best_value(r.rows, metric) for r in runs)
+def run_curve(rows: Sequence[dict], metric: str) -> Curve:
+    """A run's evaluations of ``metric`` as a curve (tokens or seconds nan where the row lacks them)."""
+    evals = eval_rows(rows, metric)
 
+    def column(key: str) -> tuple[float, ...]:
+        return tuple(float(r[key]) if is_number(r.get(key)) else math.nan for r in evals)
 
-def steps_to_target(rows: Sequence[dict], metric: str, target: float) -> Hit | None:
-    """The first evaluation row (in step order) with ``metric >= target``; None if never."""
-    for row in eval_rows(rows, metric):
-        if row[metric] >= target - TOLERANCE:
-            return Hit(row["step"], float(row.get(TOKENS, math.nan)), float(row.get(SECONDS, math.nan)),
-                       row[metric])
-    return None
+    return Curve(column("step"), column(metric), column(TOKENS), column(SECONDS))
 
 
 def stat(values: Sequence[float]) -> Stat:
-    """Median (mean of the middle two for an even count; inf if either is inf), min and max."""
+    """Median, min and max."""
     return Stat(statistics.median(values), min(values), max(values))
 
 
 def speedup(base: float, mine: float) -> float | None:
-    """``base / mine``, or None when either is not reached or zero."""
+    """``base / mine``, or None when either is not reached, zero or unknown."""
     ok = all(math.isfinite(v) and v > 0 for v in (base, mine))
     return base / mine if ok else None
 
@@ -321,35 +333,46 @@ def seconds_per_step(run: Run) -> float:
     return last[SECONDS] / last["step"] if ok else math.nan
 
 
-def summarise(groups: dict[str, list[Run]], baseline: str, metric: str, target: float) -> list[GroupSummary]:
-    """One summary per group, baseline first; speed-ups are baseline median / group median."""
+def summarise(groups: dict[str, list[Run]], baseline: str, metric: str,
+              target: float | None = None) -> list[GroupSummary]:
+    """One summary per group, baseline first; ``target`` None means the default (:func:`default_target`)."""
+    curves = {label: [run_curve(r.rows, metric) for r in runs] for label, runs in groups.items()}
+    for label, runs in groups.items():
+        if not mean_curve(curves[label]).step:
+            raise CompareError(f"the runs of group {label} share no evaluation step "
+                               f"({', '.join(str(r.path) for r in runs)}); leave out the one that differs")
+    goal = default_target(curves[baseline]) if target is None else target
+    base_hit = to_target(mean_curve(curves[baseline]), goal)
     out = []
     for label in [baseline, *(g for g in groups if g != baseline)]:
-        runs = groups[label]
-        hits = [steps_to_target(r.rows, metric, target) for r in runs]
-        to_target = {k: stat([getattr(h, f) if h else math.inf for h in hits]) for k, f in KINDS.items()}
+        runs, mean = groups[label], mean_curve(curves[label])
+        hit, seeds = to_target(mean, goal), [to_target(c, goal) for c in curves[label]]
         per_step = [s for s in map(seconds_per_step, runs) if not math.isnan(s)]
+        speed = {k: speedup(base_hit[k], hit[k]) for k in KINDS}
+        boot = {} if label == baseline else bootstrap(curves[baseline], curves[label], target)
         out.append(GroupSummary(
-            label, runs, label == baseline, sum(h is not None for h in hits), to_target, {},
+            label, runs, label == baseline, mean, sum(math.isfinite(h["steps"]) for h in seeds), hit,
+            {k: [h[k] for h in seeds] for k in KINDS}, speed,
+            {k: boot.get(k) if speed[k] is not None else None for k in KINDS},
             stat([final_value(r.rows, metric) for r in runs]),
             stat([best_value(r.rows, metric) for r in runs]),
             statistics.median(per_step) if per_step else math.nan))
-    for g in out:
-        g.speedup = {k: speedup(out[0].to_target[k].median, g.to_target[k].median) for k in KINDS}
     return out
 
 
 def compare_dirs(dirs: Sequence[Path | str], by: str | None = None, baseline: str = "sampler=uniform",
                  metric: str | None = None, target: float | None = None) -> Comparison:
-    """Load, group and summarise the runs under ``dirs`` (what `lrn compare` does before printing)."""
+    """Load, check, group and summarise the runs under ``dirs`` (what `lrn compare` does before printing)."""
     runs = find_runs(dirs)
+    check_same_evaluation(runs)
     metric = choose_metric(runs, metric)
     keys = [k.strip() for k in by.split(",") if k.strip()] if by else None
     groups = group_runs(runs, keys)
     base = find_baseline(groups, baseline)
+    summaries = summarise(groups, base, metric, target)
     source = "--target"
     if target is None:
-        target = default_target(groups[base], metric)
-        source = f"median over {len(groups[base])} baseline run(s) of their best value"
+        target = max(summaries[0].curve.value)
+        source = f"best of the baseline's seed-mean curve, {len(groups[base])} seed(s)"
     used = keys if keys is not None else varying_keys(runs)
-    return Comparison(metric, target, source, used, base, summarise(groups, base, metric, target))
+    return Comparison(metric, target, source, used, base, summaries)

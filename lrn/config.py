@@ -164,6 +164,7 @@ class HubDatasetConfig:
     test_path: str | None = None
     format: str = "gsm8k"
     question_field: str = "question"
+    question_template: str | None = None  # e.g. "{Body} {Question}": the question from several fields
     answer_field: str = "answer"
     answer_rule: str = "raw"
     level_field: str | None = None
@@ -179,6 +180,12 @@ class HubDatasetConfig:
                "allowed: gsm8k, math, fields (question_field/answer_field/answer_rule)")
         _check(self.answer_rule in ("raw", "gsm8k", "boxed"), f"{key}.answer_rule", self.answer_rule,
                "allowed: raw, gsm8k (after ####), boxed (last \\boxed{})")
+        import re
+
+        _check(self.question_template is None or (self.format == "fields"
+                                                  and re.search(r"\{[^{}]+\}", self.question_template)),
+               f"{key}.question_template", self.question_template,
+               "needs format=fields and {field} placeholders, e.g. '{Body} {Question}' (or null: question_field)")
         _check(self.hub is not None or self.path is not None, f"{key}.path", self.path,
                "set dataset.path to a local .jsonl file (this dataset has no Hub source)")
         _check(self.train_limit is None or self.train_limit >= 1, f"{key}.train_limit", self.train_limit,

@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 
-from lrn.grading import final_answer
+from lrn.grading import final_answer, grade_answer, same_answer
 from lrn.rollout import Rollout, RolloutEngine
 from lrn.tasks import Problem
 
@@ -38,13 +38,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_correct(group: list[Rollout], k: int, grader_name: str) -> float:
-    """maj@k: is the most frequent final answer among the first k samples right? (ties: first seen)."""
-    answers = [final_answer(grader_name, r.text) for r in group[:k]]
-    votes = Counter(a for a in answers if a is not None)
+    r"""maj@k: is the most frequent final answer among the first k samples right?
+
+    Only untruncated samples vote. Answers the grader deems equivalent are one vote (``\frac{1}{2}`` and
+    ``0.5`` under ``math``); a tie goes to the answer seen first. The majority answer itself is graded
+    against the gold, whichever sample carried it.
+    """
+    votes: list[list] = []  # [answer, count] in the order first seen
+    for rollout in group[:k]:
+        answer = None if rollout.truncated else final_answer(grader_name, rollout.text)
+        if answer is None:
+            continue
+        for vote in votes:
+            if same_answer(grader_name, vote[0], answer):
+                vote[1] += 1
+                break
+        else:
+            votes.append([answer, 1])
     if not votes:
         return 0.0
-    top = max(votes, key=lambda a: (votes[a], -answers.index(a)))
-    return group[answers.index(top)].reward
+    top = max(votes, key=lambda vote: vote[1])  # the first of equal counts
+    return grade_answer(grader_name, top[0], group[0].problem.answer)
 
 
 def _breakdown(problem: Problem) -> list[str]:

@@ -134,10 +134,16 @@ def extract_numeric_answer(completion: str) -> str | None:
             found = list(_ANSWER_IS.finditer(text))
             segment = text[found[-1].end():].split("\n", 1)[0] if found else None
     if segment is not None:
-        m = _NUMBER.search(_normalise(segment[:MAX_ANSWER_CHARS]))
-        return m.group(0).replace(" ", "") if m else None
+        return _first_number(segment)
     numbers = _NUMBER.findall(_normalise(text))
     return numbers[-1].replace(" ", "") if numbers else None
+
+
+def _first_number(segment: str) -> str | None:
+    """The first number of an answer segment once currency, thousands separators and ``\\frac`` are
+    normalised; units and words around it are ignored."""
+    m = _NUMBER.search(_normalise(segment[:MAX_ANSWER_CHARS]))
+    return m.group(0).replace(" ", "") if m else None
 
 
 def extract_gsm8k_gold(solution: str) -> str:
@@ -167,15 +173,37 @@ def grade_numeric(completion: str, gold: str) -> float:
     (1.0, 1.0)
     >>> grade_numeric("#### 17", "18"), grade_numeric("#### 18.000001", "18"), grade_numeric("", "18")
     (0.0, 0.0, 0.0)
+    >>> grade_numeric(r"so \\boxed{9}", "9 (apples)"), grade_numeric("The answer is 9", "$9.00")
+    (1.0, 1.0)
     """
-    token = extract_numeric_answer(completion)
-    want = _to_fraction(_normalise(gold.strip()))
+    token, gold_token = extract_numeric_answer(completion), normalise_gold("numeric", gold)
+    want = _to_fraction(gold_token) if gold_token is not None else None
     got = _to_fraction(token) if token is not None else None
     if got is None or want is None:
         return 0.0
     if want.denominator == 1:
         return float(got == want)
     return float(abs(got - want) <= Fraction(1, 10**6) * abs(want))
+
+
+def normalise_gold(grader_name: str, gold: str) -> str | None:
+    r"""A gold answer as the grader reads it, by the rules it applies to a predicted answer; None if it
+    cannot read it at all. integer: a whole integer. numeric: the number itself, else the first number once
+    currency, thousands separators and ``\frac`` are normalised (units and trailing words ignored).
+    math: as is (math-verify normalises both sides), unless empty or too risky to parse.
+
+    >>> [normalise_gold("numeric", g) for g in ("9 (apples)", "$1,080.00", "1e6", r"\frac{3}{4} cup", "twelve")]
+    ['9', '1080.00', '1e6', '3/4', None]
+    >>> normalise_gold("integer", "+0042"), normalise_gold("integer", "9 (apples)"), normalise_gold("math", " x ")
+    ('42', None, 'x')
+    """
+    text = gold.strip()
+    if grader_name == "integer":
+        return final_answer("integer", text)
+    if grader_name == "numeric":
+        whole = _normalise(text).replace(" ", "")
+        return whole if _to_fraction(whole) is not None else _first_number(text)
+    return text if text and not _too_risky(text) else None
 
 
 # ----------------------------------------------------------------------------------------- MATH
@@ -327,7 +355,8 @@ class GradePool:
 
 
 def final_answer(grader_name: str, completion: str) -> str | None:
-    """The answer a grader would read from a completion, normalised for majority voting (maj@k).
+    """The answer a grader would read from a completion, normalised for majority voting (maj@k); None
+    when there is none (or, under ``math``, one too risky to parse, which would score 0 anyway).
 
     >>> final_answer("integer", " +0042"), final_answer("numeric", "so #### 1,200"), final_answer("math", r"\\boxed{x}")
     ('42', '1200', 'x')
@@ -341,4 +370,26 @@ def final_answer(grader_name: str, completion: str) -> str | None:
         value = _to_fraction(answer) if answer is not None else None
         return str(value) if value is not None else answer
     boxed = last_boxed(text)
-    return re.sub(r"\s+", "", boxed) if boxed is not None else None
+    return boxed.strip() if boxed is not None and boxed.strip() and not _too_risky(boxed) else None
+
+
+def grade_answer(grader_name: str, answer: str, gold: str) -> float:
+    r"""Grade an answer from :func:`final_answer` against a gold, as the grader grades a completion ending in it.
+
+    >>> grade_answer("math", r"\frac{1}{2}", "0.5"), grade_answer("numeric", "1/2", "0.5")
+    (1.0, 1.0)
+    >>> grade_answer("integer", "7", "8")
+    0.0
+    """
+    completion = {"integer": answer, "numeric": f"#### {answer}"}.get(grader_name, "\\boxed{" + answer + "}")
+    return GRADERS[grader_name](completion, gold)
+
+
+def same_answer(grader_name: str, a: str, b: str) -> bool:
+    r"""Whether two answers from :func:`final_answer` are one vote: equal, or the grader accepts either
+    as right against the other as gold.
+
+    >>> same_answer("math", r"\frac{1}{2}", "0.5"), same_answer("math", "2", "0.5"), same_answer("integer", "2", "2")
+    (True, False, True)
+    """
+    return a == b or grade_answer(grader_name, a, b) == 1.0 or grade_answer(grader_name, b, a) == 1.0

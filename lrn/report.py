@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lrn.compare import KINDS, TOKENS, Comparison, Run, Stat, eval_rows, is_number
+from lrn.compare import Comparison, GroupSummary, Stat, run_curve
+from lrn.curves import KINDS, LEVEL, RESAMPLES
+
+PERCENT = round(100 * LEVEL)
 
 
 def fmt_amount(kind: str, v: float) -> str:
-    """Steps as numbers, tokens with k/M/G, seconds with an s; inf as ∞."""
+    """Steps to one decimal, tokens with k/M/G, seconds with an s; inf as ∞.
+
+    >>> fmt_amount("steps", 38.3333), fmt_amount("tokens", 12500), fmt_amount("seconds", math.inf)
+    ('38.3', '12.5k', '∞')
+    """
     if math.isinf(v):
         return "∞"
     if math.isnan(v):
@@ -22,17 +28,29 @@ def fmt_amount(kind: str, v: float) -> str:
             if abs(v) >= scale:
                 return f"{v / scale:.3g}{suffix}"
         return f"{v:g}"
-    return f"{v:.1f}s" if kind == "seconds" else f"{v:g}"
+    return f"{v:.1f}s" if kind == "seconds" else f"{round(v, 1):g}"
 
 
 def fmt_stat(s: Stat, n: int, fmt: Any) -> str:
     """``median (min–max)``; the range only when there are several runs."""
-    median = "not reached" if math.isinf(s.median) else fmt(s.median)
-    return median if n == 1 else f"{median} ({fmt(s.lo)}–{fmt(s.hi)})"
+    return fmt(s.median) if n == 1 else f"{fmt(s.median)} ({fmt(s.lo)}–{fmt(s.hi)})"
 
 
-HEADERS = ["group", "runs", "reached", "steps to\ntarget", "tokens to\ntarget", "time to\ntarget",
-           "speed-up\nsteps", "speed-up\ntokens", "speed-up\ntime", "final", "best", "time per\nstep"]
+def fmt_speedup(g: GroupSummary, kind: str) -> str:
+    """``2.00× [1.50–3.00]``: the ratio and its bootstrap interval; — where undefined."""
+    ratio, interval = g.speedup[kind], g.interval[kind]
+    if ratio is None:
+        return "—"
+    text = f"{ratio:.2f}×"
+    if interval is not None:
+        text += " [" + "–".join("∞" if math.isinf(v) else f"{v:.2f}" for v in interval) + "]"
+    return text
+
+
+HEADERS = ["group", "runs", "reached", "steps to\ntarget\n(interp.)", "per seed\nsteps\n(interp.)",
+           "tokens to\ntarget\n(interp.)", "time to\ntarget\n(interp.)",
+           *(f"speed-up\n{k}\n[{PERCENT}% CI]" for k in ("steps", "tokens", "time")),
+           "final", "best", "time per\nstep"]
 
 
 def table_rows(c: Comparison) -> list[list[str]]:
@@ -42,8 +60,10 @@ def table_rows(c: Comparison) -> list[list[str]]:
         n = len(g.runs)
         rows.append([
             g.label + (" (baseline)" if g.baseline else ""), str(n), f"{g.reached}/{n}",
-            *(fmt_stat(g.to_target[k], n, lambda v, k=k: fmt_amount(k, v)) for k in KINDS),
-            *("—" if g.speedup[k] is None else f"{g.speedup[k]:.2f}×" for k in KINDS),
+            "not reached" if math.isinf(g.to_target["steps"]) else fmt_amount("steps", g.to_target["steps"]),
+            ", ".join(fmt_amount("steps", v) for v in g.per_seed["steps"]),
+            *(fmt_amount(k, g.to_target[k]) for k in ("tokens", "seconds")),
+            *(fmt_speedup(g, k) for k in KINDS),
             fmt_stat(g.final, n, "{:.3f}".format), fmt_stat(g.best, n, "{:.3f}".format),
             "?" if math.isnan(g.seconds_per_step) else f"{g.seconds_per_step:.3g}s",
         ])
@@ -56,7 +76,11 @@ def headline(c: Comparison) -> str:
             f"grouped by {', '.join(c.keys) or 'nothing'}")
 
 
-CAPTION = "median over runs (min–max); ∞ = not reached; speed-up = baseline median / group median"
+CAPTION = ("to target: where the seed-mean curve (mean over seeds at the evaluation steps all seeds share) "
+           "first reaches the target, interpolated linearly between the two evaluations around the crossing; "
+           "∞ = not reached; per seed: each seed's own interpolated steps; speed-up = baseline / group, "
+           f"[{PERCENT}% percentile bootstrap interval: seeds resampled with replacement within each group, "
+           f"{RESAMPLES} resamples]; final, best: median over seeds (min–max)")
 
 
 def print_table(c: Comparison) -> None:
@@ -67,10 +91,10 @@ def print_table(c: Comparison) -> None:
 
     console = Console()
     if not console.is_terminal:
-        console.width = 240
-    table = Table(title=escape(headline(c)), caption=CAPTION, title_justify="left")
+        console.width = 320  # a pipe or file: no wrapping of the wide table
+    table = Table(title=escape(headline(c)), caption=escape(CAPTION), title_justify="left")
     for i, header in enumerate(HEADERS):
-        table.add_column(header, overflow="fold", justify="left" if i == 0 else "right",
+        table.add_column(escape(header), overflow="fold", justify="left" if i == 0 else "right",
                          min_width=min(40, max(len(g.label) + 11 for g in c.groups)) if i == 0 else None)
     for row in table_rows(c):
         table.add_row(*map(escape, row))
@@ -87,59 +111,57 @@ def render_markdown(c: Comparison) -> str:
 
 
 def write_csv(c: Comparison, path: Path) -> None:
-    """The comparison as CSV with raw numbers (inf = not reached, empty = undefined speed-up)."""
-    names = [*(f"{k}_to_target" for k in KINDS), "final", "best"]
-    header = ["group", "baseline", "runs", "reached",
-              *(f"{s}_{m}" for s in names for m in ("median", "min", "max")),
-              *(f"speedup_{k}" for k in KINDS), "seconds_per_step", "metric", "target"]
+    """The comparison as CSV with raw numbers: inf = not reached, empty = undefined, per-seed values
+    joined by ``;`` in run order; ``_interp`` = interpolated between evaluations."""
+    ci = f"ci{PERCENT}"
+    header = ["group", "baseline", "runs", "reached", *(f"{k}_to_target_interp" for k in KINDS),
+              *(f"{k}_to_target_interp_per_seed" for k in KINDS),
+              *(f"speedup_{k}{end}" for k in KINDS for end in ("", f"_{ci}_lo", f"_{ci}_hi")),
+              *(f"{s}_{m}" for s in ("final", "best") for m in ("median", "min", "max")),
+              "seconds_per_step", "metric", "target"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for g in c.groups:
-            values = [*(g.to_target[k] for k in KINDS), g.final, g.best]
-            writer.writerow([g.label, g.baseline, len(g.runs), g.reached,
-                             *(x for s in values for x in (s.median, s.lo, s.hi)),
-                             *("" if g.speedup[k] is None else g.speedup[k] for k in KINDS),
+            speedups = [x for k in KINDS for x in (g.speedup[k], *(g.interval[k] or (None, None)))]
+            writer.writerow([g.label, g.baseline, len(g.runs), g.reached, *(g.to_target[k] for k in KINDS),
+                             *(";".join(map(str, g.per_seed[k])) for k in KINDS),
+                             *("" if x is None else x for x in speedups),
+                             *(x for s in (g.final, g.best) for x in (s.median, s.lo, s.hi)),
                              g.seconds_per_step, c.metric, c.target])
 
 
-def band(runs: Sequence[Run], metric: str, x_key: str) -> tuple[Any, Any, Any, Any]:
-    """Mean, min and max over runs, each run interpolated onto the union of x values all runs cover."""
-    import numpy as np
-
-    curves = []
-    for run in runs:
-        rows = [r for r in eval_rows(run.rows, metric) if is_number(r.get(x_key))]
-        curves.append((np.array([r[x_key] for r in rows], float), np.array([r[metric] for r in rows], float)))
-    curves = [(x, y) for x, y in curves if len(x)]
-    if not curves:
-        return (np.array([]),) * 4
-    grid = np.unique(np.concatenate([x for x, _ in curves]))
-    grid = grid[(grid >= max(x[0] for x, _ in curves)) & (grid <= min(x[-1] for x, _ in curves))]
-    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
-    return grid, ys.mean(0), ys.min(0), ys.max(0)
+def band(g: GroupSummary, metric: str) -> tuple[list[float], list[float]]:
+    """The lowest and highest seed's value at each step of the group's seed-mean curve."""
+    curves = [run_curve(r.rows, metric) for r in g.runs]
+    values = [[c.value[c.step.index(s)] for c in curves] for s in g.curve.step]
+    return [min(v) for v in values], [max(v) for v in values]
 
 
 def plot(c: Comparison, path: Path) -> None:
-    """Two panels, metric vs step and vs generated tokens: mean line and min–max band per group."""
+    """Two panels, metric vs step and vs generated tokens: seed-mean curve, min–max band and the
+    interpolated crossing of the target (x) per group."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 5))
     axes = fig.subplots(1, 2)
-    x_axes = (("step", "step"), (TOKENS, "generated tokens (screening included)"))
-    for ax, (x_key, x_label) in zip(axes, x_axes, strict=True):
+    x_axes = (("steps", "step"), ("tokens", "generated tokens (screening included)"))
+    for ax, (kind, x_label) in zip(axes, x_axes, strict=True):
         for i, g in enumerate(c.groups):
-            x, mean, lo, hi = band(g.runs, c.metric, x_key)
-            color = f"C{i % 10}"
+            x, color = getattr(g.curve, KINDS[kind]), f"C{i % 10}"
+            lo, hi = band(g, c.metric)
             label = f"{g.label}{' (baseline)' if g.baseline else ''} (n={len(g.runs)})"
-            ax.plot(x, mean, color=color, label=label, marker="o" if len(x) == 1 else None)
+            ax.plot(x, g.curve.value, color=color, label=label, marker="o" if len(x) == 1 else None)
             ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
+            if math.isfinite(g.to_target[kind]):
+                ax.plot([g.to_target[kind]], [c.target], color=color, marker="x", markersize=9)
         ax.axhline(c.target, color="gray", linestyle="--", label=f"target {c.target:.3g}")
         ax.set_xlabel(x_label)
         ax.set_ylabel(c.metric)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle(f"{c.metric}: mean over seeds, band = min–max")
+    fig.suptitle(f"{c.metric}: mean over seeds at shared evaluation steps, band = min–max over seeds, "
+                 "x = interpolated crossing of the target")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -164,7 +164,7 @@ def test_missing_fields():
     with pytest.raises(ConfigError, match="dataset.answer_rule='latex' is invalid"):
         jsonl_problems([{"q": "a", "a": "1"}], "q", "a", "latex")
     with pytest.raises(ConfigError, match="level 'hard' is not an integer"):
-        parse_level("hard", "x.jsonl", 4)
+        parse_level("hard", "x.jsonl:4")
 
 
 def test_hub_name_failure_is_one_line():
@@ -212,3 +212,60 @@ def test_build_task_with_a_field_mapping(tmp_path):
     with pytest.raises(ConfigError, match=r"held-out question\(s\) also appear in the training pool"):
         build_task(HubDatasetConfig(name="jsonl", hub=None, format="fields", question_field="q", answer_field="sol",
                                     answer_rule="gsm8k", path=str(train), test_path=str(train)))
+
+
+WILD = [{"ID": "a1", "Body": "Tom has 5 apples and buys 4 more.", "Question": "How many apples does he have?",
+         "Answer": "9 (apples)"},
+        {"ID": "a2", "Body": "A pen costs $1,200.", "Question": "What do 2 pens cost?", "Answer": "$2,400.00"}]
+
+
+def test_a_set_in_the_wild_is_evaluable_by_config_alone(tmp_path):
+    from lrn.config import compose, to_config
+    from lrn.tasks import build_task
+
+    path = _write_jsonl(tmp_path / "wild.jsonl", WILD)
+    cfg = to_config(compose(["dataset=jsonl", "model=qwen2.5-0.5b-instruct", f"dataset.path={path}",
+                             'dataset.question_template="{Body} {Question}"', "dataset.answer_field=Answer",
+                             "dataset.id_field=ID"]))
+    task = build_task(cfg.dataset, evaluation=True)  # what lrn eval builds
+    apples, pens = task.test
+    assert apples.question == "Tom has 5 apples and buys 4 more. How many apples does he have?"
+    assert task.prompt(apples).startswith(apples.question + "\nSolve the problem step by step.")
+    assert (apples.id, apples.answer, pens.answer) == ("jsonl/test/a1", "9", "2400.00")  # read as answers are
+    for right in (r"5 + 4 = 9, so \boxed{9}", "The answer is 9", "The answer is 9 apples."):
+        assert task.grade(right, apples.answer) == 1.0, right
+    for wrong in (r"\boxed{8}", "The answer is 10 (apples)", "I don't know"):
+        assert task.grade(wrong, apples.answer) == 0.0, wrong
+    assert task.grade(r"2 pens cost \boxed{\$2400}", pens.answer) == 1.0
+    assert task.grade("#### 2,400", "$2,400.00") == 1.0  # raw golds grade too (e.g. lrn grade)
+
+
+def test_wild_set_mistakes_name_file_line_and_field(tmp_path):
+    lines = [json.dumps(WILD[0]), "", json.dumps({"Question": "No body?", "Answer": "3"})]
+    path = tmp_path / "wild.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fields = dict(question_template="{Body} {Question}", answer_field="Answer")
+    with pytest.raises(ConfigError) as err:
+        load(path, **fields)
+    assert str(err.value).startswith(f"{path}:3: missing field 'Body' (fields present: ")  # line 3, not row 2
+    _write_jsonl(path, [WILD[0], {**WILD[1], "Answer": "twelve"}])
+    with pytest.raises(ConfigError) as err:
+        load(path, **fields)
+    assert str(err.value).startswith(f"{path}:2: field 'Answer': gold 'twelve' cannot be read by "
+                                     "dataset.grader=numeric; fix that row") and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"wild.jsonl:1: field 'Answer': gold '9 \(apples\)' cannot be read by "
+                                          r"dataset.grader=integer"):
+        load(path, grader="integer", **fields)
+    _write_jsonl(path, [{**WILD[0], "Answer": "9^{9^{9}}"}])
+    with pytest.raises(ConfigError, match=r"wild.jsonl:1: field 'Answer': gold '9\^\{9\^\{9\}\}' cannot be read by "
+                                          r"dataset.grader=math"):
+        load(path, grader="math", **fields)
+
+
+def load(path: Path, **fields):
+    """lrn eval's held-out set of dataset=jsonl on ``path`` with these dataset fields."""
+    from lrn.config import HubDatasetConfig
+    from lrn.tasks import build_task
+
+    cfg = HubDatasetConfig(name="jsonl", hub=None, format="fields", path=str(path), **fields)
+    return build_task(cfg, evaluation=True).test
