@@ -26,7 +26,7 @@ from lrn.batch import PPOBatch
 from lrn.engines import SamplingSpec
 from lrn.validation import ConfigError
 
-CHUNK_ELEMENTS = 2**26  # logits per chunk of the output layer: 256 MB in float32
+CHUNK_ELEMENTS = 2**25  # logits per chunk of the output layer: 128 MB in float32
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
