@@ -92,7 +92,7 @@ def test_two_process_update_equals_the_single_process_update(tmp_path):
 # -- end to end (slow) -------------------------------------------------------------------------------
 
 EIGHT = [*TINY, "sampler=learnability", "trainer.batch_size=8", "trainer.rollouts_per_question=8"]
-TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node=2", "--master-port=0"]
+TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node=2"]
 
 
 def env(cache_dir: Path) -> dict[str, str]:
