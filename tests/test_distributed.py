@@ -147,3 +147,17 @@ def test_sigterm_then_resume_under_torchrun_equals_an_uninterrupted_run(cache_di
     assert 1 <= step < 5 and read_metrics(stopped)[-1]["step"] == step
     launch(cache_dir, tmp_path, f"resume={stopped}")
     assert without_timings(read_metrics(stopped)) == without_timings(read_metrics(full))
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_validates_every_job_first_then_runs_each(run_lrn, tmp_path):
+    bad = run_lrn("train", "-m", "hydra/launcher=submitit_local", *TINY, "trainer.steps=2", "ppo.lr=1e-4,-1",
+                  f"hydra.sweep.dir={tmp_path / 'bad'}", check=False)
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()  # refused before any job was submitted
+    run_lrn("train", "-m", "hydra/launcher=submitit_local", *TINY, "sampler=uniform,learnability", "trainer.steps=2",
+            f"hydra.sweep.dir={tmp_path}")
+    runs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl"))
+    assert runs == ["0_uniform-arithmetic-s0", "1_learnability-arithmetic-s0"]
+    assert all([r["step"] for r in read_metrics(tmp_path / run)] == [0, 1, 2] for run in runs)
+    proc = run_lrn("compare", str(tmp_path), "--target", "0.0")
+    assert "sampler.name=learnability" in proc.stdout and "sampler.name=uniform" in proc.stdout
