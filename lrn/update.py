@@ -52,6 +52,8 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
     answer tokens, so the update equals the unsplit one (up to float rounding) in less memory.
     A non-finite loss or gradient norm raises :class:`NonFiniteError`, or with ``cfg.skip_nonfinite``
     skips that mini-batch's update (counted in ``ppo/skipped_updates``, left out of the means).
+    Under several processes each rank takes its contiguous share of every mini-batch, weighted by its
+    tokens over the mini-batch's, and the gradients and logged values are summed across ranks.
     """
     n = len(batch)
     size = max(1, n // cfg.minibatches)
