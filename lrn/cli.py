@@ -150,7 +150,7 @@ def train_job(cfg: DictConfig) -> dict:
         resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
         OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
         os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
-        log.info("run directory: %s (%d processes)", run_dir, distributed.world())
+        log.info("run directory: %s (processes: %d)", run_dir, distributed.world())
     try:
         return train(config, run_dir)
     except (ConfigError, CheckpointError) as e:

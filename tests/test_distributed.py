@@ -123,7 +123,7 @@ def without_timings(rows: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate"])
 def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, launcher):
     proc = launch(cache_dir, tmp_path, *EIGHT, launcher=launcher)  # no hydra.run.dir: ranks agree on ${now:...}
-    assert "(2 processes)" in proc.stderr + proc.stdout
+    assert "(processes: 2)" in proc.stderr + proc.stdout
     (metrics,) = list((tmp_path / "outputs").glob("*/*/metrics.jsonl"))
     rows = read_metrics(metrics.parent)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
