@@ -4,6 +4,9 @@
 launchers (submitit) and `hydra.*` overrides behave as in any Hydra app. Before that, every job of
 the sweep is composed and validated here, so a config mistake ends in one line and exit code 2
 before any model is built.
+
+Under ``torchrun`` / ``accelerate launch`` every rank runs `lrn train`: the process group is joined
+here, before Hydra, so that rank 0 can decide the run directory for all (``lrn/distributed.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ from typing import Annotated
 import typer
 from omegaconf import DictConfig, OmegaConf
 
+from lrn import distributed
 from lrn.config import CONF_DIR, Config, ConfigError, compose, to_config
-from lrn.resume import INVOCATION_KEYS, check_resume_config, override_key, resume_overrides, resume_value
+from lrn.resume import (
+    INVOCATION_KEYS,
+    check_resume_config,
+    hydra_quote,
+    override_key,
+    resume_overrides,
+    resume_value,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="RL fine-tuning (PPO) of language models on maths, with sampling for learnability.")
@@ -99,6 +110,25 @@ def run_hydra(task_function, args: list[str], config_name: str = "config") -> No
     hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task_function)()
 
 
+def rank_args(args: list[str]) -> list[str]:
+    """The command line of this rank of a multi-process launch: one run directory for all ranks (rank 0's,
+    with its ``${now:...}``), and Hydra's own files (``.hydra/``, the log file) written by rank 0 only."""
+    overrides = [a for a in args if not a.startswith("-")]
+    if not any(override_key(a) == "hydra.run.dir" for a in overrides):
+        run_dir = None
+        if distributed.is_main():
+            from hydra import compose as hydra_compose
+            from hydra import initialize_config_dir
+
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                run_dir = OmegaConf.select(hydra_compose("config", overrides, return_hydra_config=True),
+                                           "hydra.run.dir")
+        args = [*args, f"hydra.run.dir={hydra_quote(distributed.broadcast_object(run_dir))}"]
+    if not distributed.is_main():
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return args
+
+
 def train_job(cfg: DictConfig) -> dict:
     """One Hydra job: validate, prepare the run directory, train."""
     from hydra.core.hydra_config import HydraConfig
@@ -114,17 +144,20 @@ def train_job(cfg: DictConfig) -> dict:
     if config.resume is None and (run_dir / "metrics.jsonl").exists():
         fail(f"{run_dir}/metrics.jsonl already exists; choose another hydra.run.dir so no run is overwritten "
              f"(to continue that run: lrn train resume={run_dir})")
-    # the experiment's config, without the keys of this invocation (so resumed runs compare as equal)
-    resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
-    OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
-    os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
-    log.info("run directory: %s", run_dir)
+    distributed.barrier()  # every rank has checked before rank 0 writes
+    if distributed.is_main():
+        # the experiment's config, without the keys of this invocation (so resumed runs compare as equal)
+        resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
+        OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
+        os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
+        log.info("run directory: %s (processes: %d)", run_dir, distributed.world())
     try:
         return train(config, run_dir)
     except (ConfigError, CheckpointError) as e:
         fail(str(e))
     except RunStopped as e:
-        typer.echo(f"lrn: {e}", err=True)
+        if distributed.is_main():
+            typer.echo(f"lrn: {e}", err=True)
         raise SystemExit(e.exit_code) from None
 
 
@@ -145,7 +178,16 @@ def train(ctx: typer.Context) -> None:
                 check_resume_config(Path(config.resume), config)
             except ConfigError as e:
                 fail(str(e))
-    run_hydra(train_job, args)
+        if distributed.launched():
+            if "-m" in args or "--multirun" in args:
+                fail("-m under torchrun / accelerate launch would run the whole sweep in every process; sweep "
+                     "with a Hydra launcher instead (README: Multiple GPUs)")
+            distributed.init()
+            args = rank_args(args)
+    try:
+        run_hydra(train_job, args)
+    finally:
+        distributed.shutdown()
 
 
 @app.command()

@@ -84,6 +84,18 @@ class MetricsLogger:
                 log.warning("W&B finish failed: %s", e)
 
 
+class NullLogger:
+    """What ranks other than 0 log to under a multi-process launch: nothing."""
+
+    run_id = None
+
+    def log(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the rows of ``metrics.jsonl`` up to ``step`` (a resumed run logs the later ones again).
 

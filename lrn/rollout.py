@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from lrn import distributed
 from lrn.engines import Engine, SamplingSpec
 from lrn.grading import GradePool
 from lrn.tasks import Problem, Task
@@ -96,3 +98,31 @@ class RolloutEngine:
 
     def close(self) -> None:
         self.grading.close()
+
+
+class ShardedRollouts:
+    """``engine`` across ranks: each rank rolls out its contiguous share of the problems and the groups are
+    all-gathered back in order, so every rank (and every sampler) sees all of them.
+
+    Each rank generates from its own torch RNG stream, seeded from (``seed``..., rank, call), inside
+    ``fork_rng``: the global torch RNG (mini-batch order) stays identical on all ranks, and a resumed
+    run re-derives the streams without per-rank state. ``engine.counters`` count this rank's share.
+    """
+
+    def __init__(self, engine: RolloutEngine, seed: tuple[int, ...]):
+        self.engine, self.task, self.seed, self.calls = engine, engine.task, seed, 0
+
+    def rollout(self, problems: list[Problem], k: int, greedy: bool = False, count: bool = True
+                ) -> list[list[Rollout]]:
+        self.calls += 1
+        mine = list(distributed.shard(problems))
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(distributed.seed_for(*self.seed, distributed.rank(), self.calls))
+            groups = self.engine.rollout(mine, k, greedy, count) if mine else []
+        return distributed.gather_shards(groups)
+
+
+def sharded(engine: RolloutEngine, *seed: int) -> RolloutEngine | ShardedRollouts:
+    """``engine`` itself in a single process; else its :class:`ShardedRollouts` seeded from ``seed``."""
+    return ShardedRollouts(engine, seed) if distributed.active() else engine

@@ -7,6 +7,10 @@
 5. update      clipped-ratio PPO over epochs x mini-batches (+ value loss, KL to reference, entropy)
 6. log / eval  metrics every step, held-out greedy accuracy every ``eval_every`` steps, a checkpoint
                every ``checkpoint_every`` steps (``lrn/checkpoint.py``; ``resume`` continues from one)
+
+Under ``torchrun`` / ``accelerate launch`` every rank runs this same loop (``lrn/distributed.py``):
+rollouts (evaluation's included) are sharded and all-gathered, the update is sharded and its
+gradients summed, and rank 0 alone writes metrics, checkpoints and the final model.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrn import distributed
 from lrn.batch import collate
 from lrn.checkpoint import TrainState, apply_checkpoint, discard_newer, latest_checkpoint, write_checkpoint
 from lrn.config import Config, ConfigError
@@ -27,11 +32,11 @@ from lrn.engines import HFEngine, SamplingSpec
 from lrn.evaluate import evaluate
 from lrn.grading import GradePool
 from lrn.interrupt import GracefulStop
-from lrn.logger import MetricsLogger, truncate_metrics
+from lrn.logger import MetricsLogger, NullLogger, truncate_metrics
 from lrn.models import eos_ids, load_policy, prepare_task
 from lrn.policy import Policy, compute_dtype
 from lrn.progress import TrainProgress, print_summary
-from lrn.rollout import RolloutEngine
+from lrn.rollout import RolloutEngine, sharded
 from lrn.samplers import Sampler, build_sampler
 from lrn.tasks import Task, build_task
 from lrn.update import NonFiniteError, ppo_update, prepare
@@ -68,14 +73,19 @@ def grade_pool(cfg: Config) -> GradePool:
 
 def resume(cfg: Config, run_dir: Path, policy: Policy, optimizer: torch.optim.Optimizer,
            schedule: torch.optim.lr_scheduler.LRScheduler, sampler: Sampler) -> tuple[TrainState, Path]:
-    """Load the newest valid checkpoint of ``run_dir`` (RNG states included) and drop later metrics rows."""
+    """Load the newest valid checkpoint of ``run_dir`` (RNG states included) and drop later metrics rows.
+
+    Every rank reads the same checkpoint (its RNG states are every rank's: they are kept in step);
+    rank 0 then tidies the directory."""
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt.state.step > cfg.trainer.steps:
         raise ConfigError(f"trainer.steps={cfg.trainer.steps} is below the step of {ckpt.path} "
                           f"({ckpt.state.step}); set trainer.steps >= {ckpt.state.step}")
     state = apply_checkpoint(ckpt, policy, optimizer, schedule, sampler, cfg.ppo.lr)
-    discard_newer(run_dir / "checkpoints", ckpt)
-    truncate_metrics(run_dir / "metrics.jsonl", state.step)  # rows logged after the checkpoint
+    distributed.barrier()  # every rank has read it before rank 0 deletes anything
+    if distributed.is_main():
+        discard_newer(run_dir / "checkpoints", ckpt)
+        truncate_metrics(run_dir / "metrics.jsonl", state.step)  # rows logged after the checkpoint
     log.info("resuming %s from %s", run_dir, ckpt.path)
     return state, ckpt.path
 
@@ -88,9 +98,10 @@ def train(cfg: Config, run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     task = build_task(cfg.dataset)
-    lm, tokenizer = load_policy(cfg.model, cfg.dataset)
+    with distributed.main_first():  # rank 0 fills the warm-start cache, the others read it
+        lm, tokenizer = load_policy(cfg.model, cfg.dataset)
     prepare_task(task, tokenizer, cfg.model)
-    seed_everything(cfg.seed)  # after the (cached or not) warm start, so both paths match
+    seed_everything(cfg.seed)  # after the (cached or not) warm start, so both paths match; the same on all ranks
     policy = Policy(lm, with_value=cfg.ppo.advantage == "gae", dtype=compute_dtype(cfg.model.dtype, lm.device),
                     reference=cfg.ppo.kl_coef > 0)
     grading = grade_pool(cfg)
@@ -107,23 +118,30 @@ def train(cfg: Config, run_dir: Path) -> dict:
     state, last_checkpoint = TrainState(), None
     if cfg.resume:  # the reference above stays the starting policy; the checkpoint replaces the rest
         state, last_checkpoint = resume(cfg, run_dir, policy, optimizer, schedule, sampler)
-    logger = MetricsLogger(run_dir, cfg.run_name, cfg.to_dict(), cfg.logger.wandb, wandb_id=state.wandb_id)
+    main = distributed.is_main()  # rank 0 alone writes files, W&B and the terminal
+    logger = (MetricsLogger(run_dir, cfg.run_name, cfg.to_dict(), cfg.logger.wandb, wandb_id=state.wandb_id)
+              if main else NullLogger())
     state.wandb_id = logger.run_id
     acc_key = f"eval/{task.name}/accuracy"
     start = time.perf_counter() - state.elapsed_s
 
     def run_eval(step: int) -> dict[str, float]:
         t = time.perf_counter()
-        result = evaluate(eval_engine, held_out, task.name, cfg.dataset.grader, cfg.eval.samples, cfg.eval.pass_k)
+        result = evaluate(sharded(eval_engine, cfg.seed, step, 1), held_out, task.name, cfg.dataset.grader,
+                          cfg.eval.samples, cfg.eval.pass_k)  # sharded across ranks and gathered
         state.history.append((step, result.metrics[acc_key]))
         return {**result.metrics, "perf/eval_s": time.perf_counter() - t}
 
     def save_checkpoint() -> Path:
         state.elapsed_s = time.perf_counter() - start
-        return write_checkpoint(checkpoints, state.step, policy, tokenizer, optimizer, schedule, sampler, state,
-                                cfg.trainer.keep_checkpoints)
+        path = checkpoints / f"step_{state.step}"
+        if main:
+            path = write_checkpoint(checkpoints, state.step, policy, tokenizer, optimizer, schedule, sampler, state,
+                                    cfg.trainer.keep_checkpoints)
+        distributed.barrier()  # no rank goes on (or exits) before the checkpoint is complete
+        return path
 
-    progress = TrainProgress(cfg.trainer.steps, enabled=cfg.logger.progress)
+    progress = TrainProgress(cfg.trainer.steps, enabled=cfg.logger.progress and main)
     progress.update(state.step, {}, acc_key)
     try:
         with GracefulStop() as stop:
@@ -134,14 +152,16 @@ def train(cfg: Config, run_dir: Path) -> dict:
             for step in range(state.step + 1, cfg.trainer.steps + 1):
                 t_step = time.perf_counter()
                 engine.reset_counters()
+                rollout = sharded(engine, cfg.seed, step).rollout  # each rank its share, all-gathered
 
                 # 1. select: the sampler may roll out candidates itself (screening)
                 t = time.perf_counter()
-                selection = sampler.next_batch(step, engine.rollout)
+                selection = sampler.next_batch(step, rollout)
                 # 2. roll out: questions the sampler handed back without rollouts
-                groups = selection.rollouts or engine.rollout(selection.problems, k)
+                groups = selection.rollouts or rollout(selection.problems, k)
                 select_s = time.perf_counter() - t
-                # 3. grade: done by the engine; flatten question by question (K consecutive answers each)
+                # 3. grade: done by the engine; flatten question by question (K consecutive answers each);
+                #    every rank holds the whole batch, so advantages see whole groups
                 rollouts = [r for group in groups for r in group]
                 batch = collate(rollouts, tokenizer.pad_token_id, policy.device)
 
@@ -165,10 +185,11 @@ def train(cfg: Config, run_dir: Path) -> dict:
                 update_s = time.perf_counter() - t
 
                 # 6. log / evaluate / checkpoint
-                spent = engine.reset_counters()
+                spent = engine.reset_counters()  # this rank's share; the counters are global sums
+                counts = distributed.sum_values({"rollouts": spent.rollouts, "tokens": spent.tokens})
                 state.step = step
-                state.totals["counts/rollouts_total"] += spent.rollouts
-                state.totals["counts/tokens_generated_total"] += spent.tokens
+                state.totals["counts/rollouts_total"] += counts["rollouts"]
+                state.totals["counts/tokens_generated_total"] += counts["tokens"]
                 mask = batch.completion_mask
                 row = {
                     "step": step, **state.totals,
@@ -179,7 +200,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
                     "perf/select_s": select_s - spent.generate_s - spent.grade_s,
                     "perf/rollout_s": spent.generate_s, "perf/grade_s": spent.grade_s,
                     "perf/advantage_s": advantage_s, "perf/update_s": update_s,
-                    "perf/tokens_per_s": spent.tokens / max(spent.generate_s, 1e-9),
+                    "perf/tokens_per_s": counts["tokens"] / max(spent.generate_s, 1e-9),
                 }
                 if step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps:
                     row.update(run_eval(step))
@@ -187,16 +208,18 @@ def train(cfg: Config, run_dir: Path) -> dict:
                 row["time/elapsed_s"] = time.perf_counter() - start
                 logger.log(row)
                 progress.update(step, row, acc_key)
-                stopping = stop.signum is not None and step < cfg.trainer.steps
+                signum = distributed.max_int(stop.signum or 0)  # all ranks stop at the same step
+                stopping = signum > 0 and step < cfg.trainer.steps
                 if step % cfg.trainer.checkpoint_every == 0 or stopping:
                     last_checkpoint = save_checkpoint()
                 if stopping:
                     raise RunStopped(f"interrupted at step {step}; resume with: lrn train resume={run_dir}",
-                                     128 + stop.signum)
+                                     128 + signum)
             if last_checkpoint is None or last_checkpoint.name != f"step_{state.step}":
                 last_checkpoint = save_checkpoint()  # the end of the run
-        lm.save_pretrained(run_dir / "model")  # the final policy, loadable like any Hub model
-        tokenizer.save_pretrained(run_dir / "model")
+        if main:
+            lm.save_pretrained(run_dir / "model")  # the final policy, loadable like any Hub model
+            tokenizer.save_pretrained(run_dir / "model")
     finally:
         grading.close()
         progress.close()
@@ -208,6 +231,6 @@ def train(cfg: Config, run_dir: Path) -> dict:
         "accuracy_best": max(a for _, a in history), "best_step": max(history, key=lambda h: h[1])[0],
         **state.totals, "wall_s": time.perf_counter() - start, "metric": acc_key,
     }
-    if cfg.logger.progress:
+    if cfg.logger.progress and main:
         print_summary(summary)
     return summary

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lrn import ppo
+from lrn import distributed, ppo
 from lrn.batch import PPOBatch
 from lrn.config import PPOConfig
 from lrn.engines import SamplingSpec
@@ -52,21 +52,24 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
     answer tokens, so the update equals the unsplit one (up to float rounding) in less memory.
     A non-finite loss or gradient norm raises :class:`NonFiniteError`, or with ``cfg.skip_nonfinite``
     skips that mini-batch's update (counted in ``ppo/skipped_updates``, left out of the means).
+    Under several processes each rank takes its contiguous share of every mini-batch, weighted by its
+    tokens over the mini-batch's, and the gradients and logged values are summed across ranks.
     """
     n = len(batch)
     size = max(1, n // cfg.minibatches)
-    micro = cfg.micro_batch_size or size
     sums: dict[str, float] = {}
     updates = skipped = 0
     for _ in range(cfg.epochs):
-        order = torch.randperm(n)
+        order = torch.randperm(n)  # the same on every rank: the global torch RNG is kept in step
         for start in range(0, n - size + 1, size):
             idx = order[start:start + size]
             tokens = batch.completion_mask[idx.to(batch.completion_mask.device)].sum().clamp(min=1.0)
+            mine = distributed.shard(idx)  # this rank's rows; weights stay relative to all `tokens`
+            micro = cfg.micro_batch_size or max(1, len(mine))
             optimizer.zero_grad(set_to_none=True)
             parts: dict[str, float] = {}
-            for m in range(0, size, micro):
-                mb = batch.rows(idx[m:m + micro])
+            for m in range(0, len(mine), micro):
+                mb = batch.rows(mine[m:m + micro])
                 mask = mb.completion_mask
                 weight = mask.sum() / tokens
                 logp, entropy, values = policy(mb, spec, entropy_grad=cfg.ent_coef > 0)
@@ -89,13 +92,15 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
                 if not math.isfinite(parts["loss/total"]):
                     break
                 (loss * weight).backward()
+            parts = distributed.sum_values(parts)  # the whole mini-batch's values, the same on every rank
             grad_norm = math.nan
-            if math.isfinite(parts["loss/total"]):
+            if math.isfinite(parts.get("loss/total", math.nan)):
+                distributed.sum_gradients(policy.parameters())
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
             if not math.isfinite(grad_norm):  # also when the loss was not finite (no step then)
                 optimizer.zero_grad(set_to_none=True)
                 if not cfg.skip_nonfinite:
-                    raise NonFiniteError(f"loss {parts['loss/total']:.4g}, gradient norm {grad_norm:.4g}")
+                    raise NonFiniteError(f"loss {parts.get('loss/total', math.nan):.4g}, gradient norm {grad_norm:.4g}")
                 skipped += 1
                 continue
             optimizer.step()

@@ -1,0 +1,160 @@
+"""One experiment across N processes (``torchrun`` / ``accelerate launch``): a thin layer over torch.distributed.
+
+The launcher sets RANK, WORLD_SIZE and LOCAL_RANK; :func:`init` joins the process group (NCCL with
+one GPU per rank on CUDA, gloo on CPU). Without a launcher there is no process group and every
+function here is the identity, so a single process runs exactly the code and numbers it always did.
+
+What is shared and how (README "Multiple GPUs"): every rank holds all of a step's rollouts (they are
+all-gathered), makes the same choices from the same RNG streams, updates on its share of each
+mini-batch and sums the token-weighted gradients, so the update equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Whether a launcher started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init() -> None:
+    """Join the process group of a multi-process launch (once); a no-op for a single process."""
+    if not launched() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that writes files, logs and prints."""
+    return rank() == 0
+
+
+def shard(items: Sequence[T], r: int | None = None, n: int | None = None) -> Sequence[T]:
+    """Rank ``r``'s contiguous share of ``items`` (sizes differ by at most one; earlier ranks get more).
+
+    >>> [list(shard(range(5), r, 2)) for r in range(2)]
+    [[0, 1, 2], [3, 4]]
+    """
+    r, n = rank() if r is None else r, world() if n is None else n
+    base, extra = divmod(len(items), n)
+    start = r * base + min(r, extra)
+    return items[start:start + base + (r < extra)]
+
+
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order (``[obj]`` for a single process)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_shards(items: list[T]) -> list[T]:
+    """Concatenate every rank's list in rank order: the inverse of :func:`shard`."""
+    if not active():
+        return items
+    return [x for part in all_gather_object(items) for x in part]
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sum_values(values: dict[str, float]) -> dict[str, float]:
+    """Key-wise sums over ranks (a key a rank lacks counts as 0); the dict itself for a single process."""
+    if not active():
+        return values
+    total: dict[str, float] = {}
+    for part in all_gather_object(values):
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def max_int(value: int) -> int:
+    """The largest ``value`` over ranks (e.g. a signal any rank received)."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def sum_gradients(params: Iterator[torch.nn.Parameter]) -> None:
+    """All-reduce SUM of the gradients of trainable ``params`` (a missing gradient counts as zeros).
+
+    Each rank's loss is already weighted by its tokens over the mini-batch's global tokens, so the
+    sum is the single-process gradient.
+    """
+    if not active():
+        return
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. fills a cache), then the others do."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed derived from integers (seed, step, rank, call), the same on every machine."""
+    import hashlib
+
+    digest = hashlib.sha256(",".join(map(str, keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

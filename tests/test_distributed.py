@@ -1,0 +1,169 @@
+"""Several processes, one experiment: the sharded update equals the single-process one; torchrun and
+accelerate runs write one run directory with global counters; SIGTERM + resume; submitit sweeps."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import ROOT, TINY
+
+from lrn import distributed
+from lrn.batch import PPOBatch
+from lrn.config import PPOConfig, TinyModelConfig
+from lrn.engines import SamplingSpec
+from lrn.models import build_char_tokenizer, build_tiny_model
+from lrn.policy import Policy
+from lrn.update import ppo_update, prepare
+
+# group: whole mini-batches; gae (+ value head, KL reference): micro-batches of 2 rows
+CASES = {"group": PPOConfig(advantage="group", ent_coef=0.01),
+         "gae": PPOConfig(advantage="gae", ent_coef=0.01, kl_coef=0.1, micro_batch_size=2)}
+
+
+def test_shard_splits_contiguously_and_gather_inverts_it():
+    items = list(range(7))
+    parts = [list(distributed.shard(items, r, 3)) for r in range(3)]
+    assert parts == [[0, 1, 2], [3, 4], [5, 6]]
+    assert list(distributed.shard(items)) == items  # a single process: everything, no process group
+
+
+def one_update(cfg: PPOConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One PPO step (2 epochs x 2 mini-batches of 5 rows: uneven shards) on fixed rollouts; the parameter change."""
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    lm = build_tiny_model(TinyModelConfig(layers=1, width=16, heads=2, ffn=32), tokenizer)
+    policy = Policy(lm, with_value=cfg.advantage == "gae", reference=cfg.kl_coef > 0)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    rows, p_len, c_len, k = 10, 4, 6, 5
+    lengths = torch.randint(1, c_len + 1, (rows,), generator=g)
+    cmask = (torch.arange(c_len)[None] < lengths[:, None]).float()
+    batch = PPOBatch(torch.randint(3, 40, (rows, p_len + c_len), generator=g),
+                     torch.cat([torch.ones(rows, p_len), cmask], 1).long(), cmask,
+                     torch.tensor([1.0, 0, 1, 1, 0, 0, 0, 1, 0, 0]), prompt_len=p_len)
+    spec = SamplingSpec(max_new_tokens=c_len)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3, eps=1e-5)
+    prepare(policy, cfg, batch, spec, k)
+    torch.manual_seed(2)  # the mini-batch order
+    stats = ppo_update(policy, optimizer, cfg, batch, spec)
+    return {n: p.detach() - before[n] for n, p in policy.named_parameters()}, stats
+
+
+def _update_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    distributed.init()
+    results = {name: one_update(cfg) for name, cfg in CASES.items()}
+    if rank == 0:
+        torch.save(results, out)
+    distributed.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_update_equals_the_single_process_update(tmp_path):
+    out = tmp_path / "two.pt"
+    mp.spawn(_update_worker, args=(2, free_port(), str(out)), nprocs=2)
+    two = torch.load(out)
+    for name, cfg in CASES.items():
+        single_delta, single_stats = one_update(cfg)
+        delta, stats = two[name]
+        assert any(d.abs().max() > 0 for d in single_delta.values()), name
+        for key in single_delta:
+            torch.testing.assert_close(delta[key], single_delta[key], rtol=1e-4, atol=1e-7, msg=f"{name} {key}")
+        assert stats.keys() == single_stats.keys()
+        for key in stats:
+            assert stats[key] == pytest.approx(single_stats[key], rel=1e-4, abs=1e-7), (name, key)
+
+
+# -- end to end (slow) -------------------------------------------------------------------------------
+
+EIGHT = [*TINY, "sampler=learnability", "trainer.batch_size=8", "trainer.rollouts_per_question=8"]
+TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node=2"]
+# accelerate's --cpu flag picks its single-process launcher (accelerate 1.15); --multi_gpu goes through
+# torchrun, and without CUDA lrn joins a gloo group, so this is how two CPU processes are had from it
+ACCELERATE = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes=2",
+              "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"]
+
+
+def env(cache_dir: Path) -> dict[str, str]:
+    return {**os.environ, "LRN_CACHE": str(cache_dir), "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1"}
+
+
+def launch(cache_dir: Path, cwd: Path, *args: str, launcher: list[str] = TORCHRUN) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*launcher, "-m", "lrn", "train", *args], cwd=cwd, env=env(cache_dir),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(("perf/", "time/"))} for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate"])
+def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, launcher):
+    proc = launch(cache_dir, tmp_path, *EIGHT, launcher=launcher)  # no hydra.run.dir: ranks agree on ${now:...}
+    assert "(processes: 2)" in proc.stderr + proc.stdout
+    (metrics,) = list((tmp_path / "outputs").glob("*/*/metrics.jsonl"))
+    rows = read_metrics(metrics.parent)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert rows[-1]["counts/rollouts_total"] == 3 * 8 * 4 * 8  # steps x questions x pool factor x K
+    assert (metrics.parent / "model" / "config.json").exists()
+    assert len(list((metrics.parent / ".hydra").iterdir())) == 3  # written once, by rank 0
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_under_torchrun_equals_an_uninterrupted_run(cache_dir, tmp_path):
+    run = [*EIGHT, "trainer.steps=4", "trainer.checkpoint_every=100"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    launch(cache_dir, tmp_path, *run, f"hydra.run.dir={full}")
+    proc = subprocess.Popen([*TORCHRUN, "-m", "lrn", "train", *run, f"hydra.run.dir={stopped}"], cwd=tmp_path,
+                            env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to every rank
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "the run finished before it could be stopped"
+    checkpoints = sorted(p.name for p in (stopped / "checkpoints").glob("step_*"))
+    assert len(checkpoints) == 1, stderr[-3000:]
+    step = int(checkpoints[0].split("_")[1])
+    assert 1 <= step < 4 and read_metrics(stopped)[-1]["step"] == step
+    launch(cache_dir, tmp_path, f"resume={stopped}")
+    assert without_timings(read_metrics(stopped)) == without_timings(read_metrics(full))
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_validates_every_job_first_then_runs_each(run_lrn, tmp_path):
+    bad = run_lrn("train", "-m", "hydra/launcher=submitit_local", *TINY, "trainer.steps=2", "ppo.lr=1e-4,-1",
+                  f"hydra.sweep.dir={tmp_path / 'bad'}", check=False)
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()  # refused before any job was submitted
+    run_lrn("train", "-m", "hydra/launcher=submitit_local", *TINY, "sampler=uniform,learnability", "trainer.steps=2",
+            f"hydra.sweep.dir={tmp_path}")
+    runs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.jsonl"))
+    assert runs == ["0_uniform-arithmetic-s0", "1_learnability-arithmetic-s0"]
+    assert all([r["step"] for r in read_metrics(tmp_path / run)] == [0, 1, 2] for run in runs)
+    proc = run_lrn("compare", str(tmp_path), "--target", "0.0")
+    assert "sampler.name=learnability" in proc.stdout and "sampler.name=uniform" in proc.stdout
