@@ -9,7 +9,17 @@ mark of the child), ``torch.cuda.max_memory_allocated`` on a GPU. A cell is ``pa
 ``ckpt`` (lean + gradient checkpointing) or ``naive`` (the full [B, T, V] float32 logits, log-softmax
 and entropy with a graph, as lrn did before). The table gives the peak and what remains after the
 model state (weights, gradients and Adam's two moments: 16 bytes a parameter in fp32), and fits
-that remainder per answer token: the formula the README's memory guidance uses.
+that remainder per token of the micro-batch (prompt and answer: the transformer body runs on both):
+the formula the README's memory guidance uses.
+
+The same model through the whole of ``lrn train`` (one step, 16 sequences of ~540 tokens, one micro-batch):
+
+    python benchmarks/archs.py --arch qwen2.5-0.5b --layers 2 --out /tmp/qwen-2l
+    /usr/bin/time -v lrn train model.name_or_path=/tmp/qwen-2l model.chat_template=never dataset=gsm8k \
+        dataset.path=../shared/data/gsm8k/train.jsonl dataset.test_path=../shared/data/gsm8k/test.jsonl \
+        dataset.max_new_tokens=180 dataset.train_limit=200 sampler=uniform trainer.steps=1 trainer.batch_size=2 \
+        trainer.rollouts_per_question=8 ppo.minibatches=1 ppo.micro_batch_size=16 eval.limit=2 \
+        [model.gradient_checkpointing=true]     # "Maximum resident set size"
 """
 
 from __future__ import annotations
@@ -121,8 +131,7 @@ def main() -> None:
         return
     gb = 1024**3
     print(f"{args.arch}, {args.layers or 'all'} layers, compute {args.dtype}; prompt {PROMPT} tokens")
-    print("| path | micro-batch | seq | answer tokens | peak GB | model state GB (16 B/param) | rest GB "
-          "| rest / answer token |")
+    print("| path | micro-batch | seq | tokens | peak GB | model state GB (16 B/param) | rest GB | rest / token |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     fits = []
     for cell in args.cells.split(","):
@@ -131,7 +140,7 @@ def main() -> None:
         if "failed" in r:
             print(f"| {path} | {micro} | {seq} | | {r['failed']} | | | |")
             continue
-        tokens = int(micro) * (int(seq) - PROMPT)
+        tokens = int(micro) * int(seq)  # the transformer body runs on prompt and answer tokens alike
         state = 16 * r["params"]
         base = 0 if r["cuda_peak"] else r["start"]  # the Python/torch runtime before the model
         rest = r["peak"] - base - state
@@ -144,7 +153,7 @@ def main() -> None:
             (t0, m0), (t1, m1) = min(pts), max(pts)
             slope = (m1 - m0) / (t1 - t0) if t1 != t0 else float("nan")
             r = fits[0][3]
-            print(f"{path}: rest ~ {(m0 - slope * t0) / gb:.2f} GB + {slope / 1024:.1f} kB x answer tokens "
+            print(f"{path}: rest ~ {(m0 - slope * t0) / gb:.2f} GB + {slope / 1024:.1f} kB x tokens "
                   f"(= {slope / (r['layers'] * r['hidden']):.1f} B per token, layer and hidden unit; "
                   f"{slope / r['vocab']:.2f} B per token and vocabulary entry)")
 
