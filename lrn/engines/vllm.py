@@ -38,6 +38,7 @@ from lrn.engines.base import Generation, SamplingSpec, finish
 if TYPE_CHECKING:
     from lrn.config import VLLMConfig
 
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # read when vLLM builds an engine
 CPU_KV_CACHE_BYTES = 256 << 20  # kv_cache_memory when unset on CPU (vLLM's GPU sizing does not apply there)
 
 
@@ -83,7 +84,6 @@ class VLLMEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: VLLMConfig,
                  compute_dtype: torch.dtype, seed: int = 0, batch_size: int = 1024):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
             raise RuntimeError("rollout.engine=vllm needs VLLM_ENABLE_V1_MULTIPROCESSING=0 (the engine runs "
                                "in the training process, where it can read the policy's weights)")
