@@ -41,10 +41,16 @@ def varied_model(seed=0):
 
 @pytest.fixture(scope="module")
 def setup():
+    # vLLM's CPU kernels crawl when threads outnumber free cores, and its worker replaces
+    # torch.set_num_threads with a no-op: one thread while these tests run, then both restored
+    set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    set_threads(1)
     model, tok = varied_model()
     engine = VLLMEngine(model, tok, VLLMConfig(), torch.float32, seed=0)
     prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in QUESTIONS]
-    return engine, model, tok, prompts
+    yield engine, model, tok, prompts
+    torch.set_num_threads = set_threads
+    set_threads(threads)
 
 
 def greedy(tok, max_new=24, **kw):
