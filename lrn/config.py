@@ -296,6 +296,12 @@ class RolloutConfig:
 
     def validate(self, key: str) -> None:
         _check(self.engine in ("hf", "vllm"), f"{key}.engine", self.engine, "allowed: hf, vllm")
+        if self.engine == "vllm":
+            import importlib.util
+
+            _check(importlib.util.find_spec("vllm") is not None, f"{key}.engine", self.engine,
+                   "vLLM is not installed: pip install -e '.[vllm]' (GPU, after your torch) or see README "
+                   "'vLLM rollout engine' for the CPU build")
         self.vllm.validate(f"{key}.vllm")
         _check(all(self.stop), f"{key}.stop", self.stop, "stop strings must not be empty")
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "must be > 0")
