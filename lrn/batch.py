@@ -29,6 +29,7 @@ class PPOBatch:
     old_values: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    engine_logp: torch.Tensor | None = None  # the rollout engine's own log-probs (vLLM), [B, C]
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -51,8 +52,13 @@ def collate(rollouts: list[Rollout], pad_id: int, device: torch.device) -> PPOBa
         ids.append([pad_id] * (p_len - lp) + r.prompt_ids + r.completion_ids + [pad_id] * (c_len - lc))
         attn.append([0] * (p_len - lp) + [1] * (lp + lc) + [0] * (c_len - lc))
         cmask.append([1] * lc + [0] * (c_len - lc))
+    engine_logp = None
+    if all(r.engine_logprobs is not None for r in rollouts):
+        engine_logp = torch.tensor([r.engine_logprobs + [0.0] * (c_len - len(r.engine_logprobs)) for r in rollouts],
+                                   device=device, dtype=torch.float32)
     return PPOBatch(
         input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(attn, device=device),
         completion_mask=torch.tensor(cmask, device=device, dtype=torch.float32),
         rewards=torch.tensor([r.reward for r in rollouts], device=device, dtype=torch.float32), prompt_len=p_len,
+        engine_logp=engine_logp,
     )

@@ -218,8 +218,10 @@ class PPOConfig:
     whiten: bool = True
     skip_nonfinite: bool = False
     micro_batch_size: int | None = None
+    tis_cap: float | None = None
 
     def validate(self, key: str) -> None:
+        _check(self.tis_cap is None or self.tis_cap > 0, f"{key}.tis_cap", self.tis_cap, "must be > 0 or null (off)")
         _check(self.advantage in ("gae", "group"), f"{key}.advantage", self.advantage, "allowed: gae, group")
         _check(self.lr > 0, f"{key}.lr", self.lr, "must be > 0")
         _check(self.warmup_steps >= 0, f"{key}.warmup_steps", self.warmup_steps, "must be >= 0")
@@ -259,17 +261,48 @@ class TrainerConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """The colocated vLLM engine (``rollout.engine=vllm``): memory, batching, CUDA graphs, dtype."""
+
+    gpu_memory_utilization: float = 0.3
+    kv_cache_memory: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    enforce_eager: bool | None = None
+    dtype: str = "auto"
+
+    def validate(self, key: str) -> None:
+        _check(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", self.gpu_memory_utilization,
+               "must be in (0, 1]")
+        for name in ("kv_cache_memory", "max_num_batched_tokens", "max_model_len"):
+            _check(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", getattr(self, name),
+                   "must be >= 1 or null")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype", self.dtype,
+               "allowed: auto (the policy's compute dtype), float32, bfloat16, float16")
+
+
+@dataclass
 class RolloutConfig:
     """Sampling settings of the rollout engine."""
 
+    engine: str = "hf"
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 1024
     stop: list[str] = field(default_factory=list)
     grade_workers: int = 4
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def validate(self, key: str) -> None:
+        _check(self.engine in ("hf", "vllm"), f"{key}.engine", self.engine, "allowed: hf, vllm")
+        if self.engine == "vllm":
+            import importlib.util
+
+            _check(importlib.util.find_spec("vllm") is not None, f"{key}.engine", self.engine,
+                   "vLLM is not installed: pip install -e '.[vllm]' (GPU, after your torch) or see README "
+                   "'vLLM rollout engine' for the CPU build")
+        self.vllm.validate(f"{key}.vllm")
         _check(all(self.stop), f"{key}.stop", self.stop, "stop strings must not be empty")
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "must be > 0")
         _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "must be in (0, 1]")

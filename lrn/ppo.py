@@ -70,9 +70,21 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, advantages + values
 
 
+def tis_weights(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Token-level truncated importance weights min(pi_old / pi_engine, cap), detached (Yao et al. 2025,
+    "Your efficient RL framework secretly brings you off-policy RL training"; verl, TRL): the engine
+    sampled from pi_engine, the PPO ratio is taken against the trainer's pi_old.
+
+    >>> tis_weights(torch.tensor([0.0, -1.0]), torch.tensor([-1.0, 0.0]), 2.0)
+    tensor([2.0000, 0.3679])
+    """
+    return (old_logp - engine_logp).exp().clamp(max=cap).detach()
+
+
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped-ratio surrogate: mean of max(-A r, -A clip(r, 1-eps, 1+eps)).
+                clip: float, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped-ratio surrogate: mean of max(-A r, -A clip(r, 1-eps, 1+eps)), each token's term times
+    ``weights`` when given (truncated importance sampling, :func:`tis_weights`).
 
     Also returns clipfrac (share of tokens where clipping was active) and approx_kl, the
     low-variance estimator mean((r - 1) - log r) of KL(old || new).
@@ -81,7 +93,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    terms = torch.maximum(unclipped, clipped)
+    loss = masked_mean(terms if weights is None else terms * weights, mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),

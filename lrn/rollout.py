@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -58,6 +59,14 @@ class RolloutEngine:
         self.engine, self.tokenizer, self.task, self.spec, self.grading = engine, tokenizer, task, spec, grading
         self.on_batch = on_batch  # called with the number of sequences after each generated batch
         self.counters = EngineCounters()
+        # seed of engines with per-request seeds (vLLM): each call samples under a spec seed derived
+        # from (seed, step, call within the step, rank), so a resumed run draws what an uninterrupted one did
+        self.seed: int | None = None
+        self.step = self._calls = 0
+
+    def start_step(self, step: int) -> None:
+        """Calls from now on belong to training step ``step`` (seeding only)."""
+        self.step, self._calls = step, 0
 
     def rollout(self, problems: list[Problem], k: int, greedy: bool = False, count: bool = True
                 ) -> list[list[Rollout]]:
@@ -70,7 +79,12 @@ class RolloutEngine:
         texts = [self.task.prompt(p) for p in problems]
         encoded = tok(texts, add_special_tokens=self.task.special_tokens)["input_ids"]
         prompts = [ids for ids in encoded for _ in range(k)]
-        generated = self.engine.generate(prompts, self.spec.as_greedy() if greedy else self.spec, self.on_batch)
+        spec = self.spec.as_greedy() if greedy else self.spec
+        if self.seed is not None:
+            seed = np.random.SeedSequence([self.seed, self.step, self._calls, distributed.rank()]).generate_state(1)[0]
+            spec = replace(spec, seed=int(seed & 0x7FFFFFFF))
+            self._calls += 1
+        generated = self.engine.generate(prompts, spec, self.on_batch)
         t1 = time.perf_counter()
         answers = [tok.decode(g.completion_ids, skip_special_tokens=True) for g in generated]
         ended = [i for i, g in enumerate(generated) if not g.truncated]

@@ -28,7 +28,7 @@ from lrn import distributed
 from lrn.batch import collate
 from lrn.checkpoint import TrainState, apply_checkpoint, discard_newer, latest_checkpoint, write_checkpoint
 from lrn.config import Config, ConfigError
-from lrn.engines import HFEngine, SamplingSpec
+from lrn.engines import Engine, HFEngine, SamplingSpec
 from lrn.evaluate import evaluate
 from lrn.grading import GradePool
 from lrn.interrupt import GracefulStop
@@ -39,7 +39,7 @@ from lrn.progress import TrainProgress, print_summary
 from lrn.rollout import RolloutEngine, sharded
 from lrn.samplers import Sampler, build_sampler
 from lrn.tasks import Task, build_task
-from lrn.update import NonFiniteError, ppo_update, prepare
+from lrn.update import NonFiniteError, engine_gap, ppo_update, prepare
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,21 @@ def seed_everything(seed: int) -> None:
 
 
 def build_rollouts(cfg: Config, policy: Policy, tokenizer, task: Task, batch_size: int, grading: GradePool,
-                   on_batch=None) -> RolloutEngine:
-    """The rollout engine of ``cfg.rollout`` on ``policy``'s weights, sampling with one :class:`SamplingSpec`."""
+                   on_batch=None, engine: Engine | None = None) -> RolloutEngine:
+    """The rollout engine of ``cfg.rollout`` on ``policy``'s weights, sampling with one :class:`SamplingSpec`.
+
+    ``engine``: share that vLLM engine instead of building another (one ``vllm.LLM`` per run).
+    """
     spec = SamplingSpec.from_config(cfg.rollout, task.max_new_tokens, eos_ids(policy.lm, tokenizer))
-    engine = HFEngine(policy.lm, tokenizer, batch_size, policy.autocast)
-    return RolloutEngine(engine, tokenizer, task, spec, grading, on_batch)
+    if cfg.rollout.engine == "vllm":
+        from lrn.engines.vllm import VLLMEngine
+
+        engine = engine or VLLMEngine(policy.lm, tokenizer, cfg.rollout.vllm, policy.dtype, cfg.seed, batch_size)
+    else:
+        engine = HFEngine(policy.lm, tokenizer, batch_size, policy.autocast)
+    rollouts = RolloutEngine(engine, tokenizer, task, spec, grading, on_batch)
+    rollouts.seed = cfg.seed
+    return rollouts
 
 
 def grade_pool(cfg: Config) -> GradePool:
@@ -106,7 +116,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
                     reference=cfg.ppo.kl_coef > 0)
     grading = grade_pool(cfg)
     engine = build_rollouts(cfg, policy, tokenizer, task, cfg.rollout.batch_size, grading)
-    eval_engine = build_rollouts(cfg, policy, tokenizer, task, cfg.eval.batch_size, grading)
+    eval_engine = build_rollouts(cfg, policy, tokenizer, task, cfg.eval.batch_size, grading, engine=engine.engine)
     spec = engine.spec
     k = cfg.trainer.rollouts_per_question
     sampler = build_sampler(cfg.sampler, task.train, cfg.trainer.batch_size, k, cfg.seed)
@@ -118,6 +128,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     state, last_checkpoint = TrainState(), None
     if cfg.resume:  # the reference above stays the starting policy; the checkpoint replaces the rest
         state, last_checkpoint = resume(cfg, run_dir, policy, optimizer, schedule, sampler)
+        engine.engine.sync_weights()
     main = distributed.is_main()  # rank 0 alone writes files, W&B and the terminal
     logger = (MetricsLogger(run_dir, cfg.run_name, cfg.to_dict(), cfg.logger.wandb, wandb_id=state.wandb_id)
               if main else NullLogger())
@@ -127,6 +138,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
 
     def run_eval(step: int) -> dict[str, float]:
         t = time.perf_counter()
+        eval_engine.start_step(step)
         result = evaluate(sharded(eval_engine, cfg.seed, step, 1), held_out, task.name, cfg.dataset.grader,
                           cfg.eval.samples, cfg.eval.pass_k)  # sharded across ranks and gathered
         state.history.append((step, result.metrics[acc_key]))
@@ -152,6 +164,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
             for step in range(state.step + 1, cfg.trainer.steps + 1):
                 t_step = time.perf_counter()
                 engine.reset_counters()
+                engine.start_step(step)
                 rollout = sharded(engine, cfg.seed, step).rollout  # each rank its share, all-gathered
 
                 # 1. select: the sampler may roll out candidates itself (screening)
@@ -183,6 +196,9 @@ def train(cfg: Config, run_dir: Path) -> dict:
                 update_stats["ppo/lr"] = schedule.get_last_lr()[0]
                 schedule.step()
                 update_s = time.perf_counter() - t
+                t = time.perf_counter()
+                engine.engine.sync_weights()  # vLLM: push the updated weights (HF: nothing to do)
+                sync_s = time.perf_counter() - t
 
                 # 6. log / evaluate / checkpoint
                 spent = engine.reset_counters()  # this rank's share; the counters are global sums
@@ -196,10 +212,11 @@ def train(cfg: Config, run_dir: Path) -> dict:
                     "train/reward_mean": batch.rewards.mean().item(),
                     "train/answer_tokens_mean": mask.sum(1).mean().item(),
                     "train/truncated_frac": float(np.mean([r.truncated for r in rollouts])),
-                    **selection.stats, **update_stats,
+                    **selection.stats, **update_stats, **engine_gap(batch),
                     "perf/select_s": select_s - spent.generate_s - spent.grade_s,
                     "perf/rollout_s": spent.generate_s, "perf/grade_s": spent.grade_s,
                     "perf/advantage_s": advantage_s, "perf/update_s": update_s,
+                    "perf/weight_sync_s": sync_s,
                     "perf/tokens_per_s": counts["tokens"] / max(spent.generate_s, 1e-9),
                 }
                 if step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps:

@@ -43,6 +43,15 @@ def prepare(policy: Policy, cfg: PPOConfig, batch: PPOBatch, spec: SamplingSpec,
             batch.ref_logp = reference.score(batch, spec, cfg.micro_batch_size)[0]
 
 
+def engine_gap(batch: PPOBatch) -> dict[str, float]:
+    """``rollout/logprob_diff``: mean |engine - trainer| old log-prob over answer tokens (engines that
+    report log-probs only; the trainer's are the ones PPO uses)."""
+    if batch.engine_logp is None or batch.old_logp is None:
+        return {}
+    gap = (batch.engine_logp - batch.old_logp).abs()
+    return {"rollout/logprob_diff": ppo.masked_mean(gap, batch.completion_mask).item()}
+
+
 def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig, batch: PPOBatch,
                spec: SamplingSpec) -> dict[str, float]:
     """Epochs x mini-batches of clipped PPO; returns the mean of each loss and diagnostic.
@@ -73,7 +82,10 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
                 mask = mb.completion_mask
                 weight = mask.sum() / tokens
                 logp, entropy, values = policy(mb, spec, entropy_grad=cfg.ent_coef > 0)
-                pg_loss, stats = ppo.policy_loss(logp, mb.old_logp, mb.advantages, mask, cfg.clip)
+                tis = None
+                if cfg.tis_cap is not None and mb.engine_logp is not None:
+                    tis = ppo.tis_weights(mb.old_logp, mb.engine_logp, cfg.tis_cap)
+                pg_loss, stats = ppo.policy_loss(logp, mb.old_logp, mb.advantages, mask, cfg.clip, tis)
                 ent = ppo.masked_mean(entropy, mask)
                 loss = pg_loss - cfg.ent_coef * ent if cfg.ent_coef > 0 else pg_loss
                 terms = {"loss/policy": pg_loss, "ppo/entropy": ent, "ppo/clipfrac": stats["clipfrac"],

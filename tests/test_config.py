@@ -48,6 +48,10 @@ def test_default_config_values():
     (["sampler=uniform", "+sampler.pool_factor=2"], "sampler.pool_factor: Key 'pool_factor' not in"),
     (["logger.wandb.mode=maybe"], "allowed: auto, online, offline, disabled"),
     (["dataset.grader=vibes"], "dataset.grader='vibes' is invalid: allowed:"),
+    (["rollout.engine=sglang"], "rollout.engine='sglang' is invalid: allowed: hf, vllm"),
+    (["rollout.vllm.gpu_memory_utilization=1.5"], "rollout.vllm.gpu_memory_utilization=1.5 is invalid"),
+    (["rollout.vllm.dtype=int8"], "rollout.vllm.dtype='int8' is invalid"),
+    (["ppo.tis_cap=0"], "ppo.tis_cap=0.0 is invalid: must be > 0 or null (off)"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:

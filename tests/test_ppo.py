@@ -94,3 +94,22 @@ def test_token_logprobs_and_entropy():
     assert ppo.token_logprobs(logits, torch.tensor([[1, 2]])).flatten().tolist() == pytest.approx(
         [math.log(0.25), math.log(1 / 3)])
     assert ppo.entropy(logits).flatten().tolist() == pytest.approx([1.5 * math.log(2), math.log(3)])
+
+
+def test_truncated_importance_weights_by_hand():
+    # trainer old log-prob 0, engine -1: weight e = 2.718 capped at 2; trainer -1, engine 0: e^-1 = 0.368
+    w = ppo.tis_weights(t([[0.0, -1.0, -2.0]]), t([[-1.0, 0.0, -2.0]]), cap=2.0)
+    assert torch.allclose(w, t([[2.0, math.exp(-1.0), 1.0]]))
+    # ratio 1 (new = old), A = 1: each token's loss -1 times its weight; mean over the 3 tokens
+    old = t([[0.0, -1.0, -2.0]])
+    new = old.clone().requires_grad_(True)
+    loss, _ = ppo.policy_loss(new, old, t([[1.0, 1.0, 1.0]]), t([[1.0, 1.0, 1.0]]), 0.2, w)
+    assert loss.item() == pytest.approx(-(2.0 + math.exp(-1.0) + 1.0) / 3)
+    loss.backward()  # the weights are constants: d loss / d logp = -A * r * w / 3
+    assert torch.allclose(new.grad, -w / 3)
+
+
+def test_truncated_importance_weights_are_detached():
+    engine = t([[-0.5]])
+    old = t([[0.0]]).requires_grad_(True)
+    assert not ppo.tis_weights(old, engine, 10.0).requires_grad
