@@ -1,0 +1,90 @@
+"""Config schemas of the ``dataset`` group: the procedural arithmetic task and real maths sets (see ``lrn.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lrn.validation import _check
+
+
+@dataclass
+class ArithmeticConfig:
+    """Procedural integer addition/subtraction; level L has a larger operand of L+1 digits."""
+
+    name: str = "arithmetic"
+    levels: int = 5
+    train_size: int = 5000
+    test_per_level: int = 200
+    train_seed: int = 1234
+    test_seed: int = 4321
+    width: int = 6
+    prompt_template: str = "{question}="
+    max_new_tokens: int = 9
+    grader: str = "integer"
+
+    def validate(self, key: str) -> None:
+        _check(1 <= self.levels <= 9, f"{key}.levels", self.levels, "must be in 1..9")
+        _check(self.train_size >= 1, f"{key}.train_size", self.train_size, "must be >= 1")
+        _check(self.test_per_level >= 1, f"{key}.test_per_level", self.test_per_level, "must be >= 1")
+        _check(self.train_seed != self.test_seed, f"{key}.test_seed", self.test_seed,
+               "must differ from dataset.train_seed")
+        _check("{question}" in self.prompt_template, f"{key}.prompt_template", self.prompt_template,
+               "must contain '{question}'")
+        _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
+        _check(self.width == 0 or self.width >= self.levels + 1, f"{key}.width", self.width,
+               "must be 0 (natural numbers) or at least dataset.levels + 1 digits")
+        from lrn.grading import GRADERS
+
+        _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
+
+
+@dataclass
+class HubDatasetConfig:
+    """A real maths dataset: GSM8K, MATH, MATH-500 (eval only) or any JSON lines file.
+
+    ``path`` replaces the Hub: a local .jsonl/.json file with the training pool (``lrn train``) or the
+    set to evaluate (``lrn eval``); ``test_path`` is a local held-out file (``lrn train``, and
+    ``lrn eval`` when given).
+    """
+
+    name: str = "gsm8k"
+    hub: str | None = "openai/gsm8k"
+    hub_config: str | None = "main"
+    train_split: str | None = "train"
+    test_split: str = "test"
+    path: str | None = None
+    test_path: str | None = None
+    format: str = "gsm8k"
+    question_field: str = "question"
+    question_template: str | None = None  # e.g. "{Body} {Question}": the question from several fields
+    answer_field: str = "answer"
+    answer_rule: str = "raw"
+    level_field: str | None = None
+    subject_field: str | None = None
+    id_field: str | None = None
+    train_limit: int | None = None
+    prompt_template: str = "{question}"
+    max_new_tokens: int = 512
+    grader: str = "numeric"
+
+    def validate(self, key: str) -> None:
+        _check(self.format in ("gsm8k", "math", "fields"), f"{key}.format", self.format,
+               "allowed: gsm8k, math, fields (question_field/answer_field/answer_rule)")
+        _check(self.answer_rule in ("raw", "gsm8k", "boxed"), f"{key}.answer_rule", self.answer_rule,
+               "allowed: raw, gsm8k (after ####), boxed (last \\boxed{})")
+        import re
+
+        _check(self.question_template is None or (self.format == "fields"
+                                                  and re.search(r"\{[^{}]+\}", self.question_template)),
+               f"{key}.question_template", self.question_template,
+               "needs format=fields and {field} placeholders, e.g. '{Body} {Question}' (or null: question_field)")
+        _check(self.hub is not None or self.path is not None, f"{key}.path", self.path,
+               "set dataset.path to a local .jsonl file (this dataset has no Hub source)")
+        _check(self.train_limit is None or self.train_limit >= 1, f"{key}.train_limit", self.train_limit,
+               "must be >= 1 or null")
+        _check("{question}" in self.prompt_template, f"{key}.prompt_template", self.prompt_template,
+               "must contain '{question}'")
+        _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
+        from lrn.grading import GRADERS
+
+        _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
