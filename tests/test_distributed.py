@@ -122,6 +122,8 @@ def without_timings(rows: list[dict]) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate"])
 def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, launcher):
+    if launcher is ACCELERATE:  # its default port 29500 can still be held by the previous launch: take a free one
+        launcher = [*ACCELERATE, f"--main_process_port={free_port()}"]
     proc = launch(cache_dir, tmp_path, *EIGHT, launcher=launcher)  # no hydra.run.dir: ranks agree on ${now:...}
     assert "(processes: 2)" in proc.stderr + proc.stdout
     (metrics,) = list((tmp_path / "outputs").glob("*/*/metrics.jsonl"))
