@@ -7,6 +7,15 @@ from dataclasses import dataclass
 from lrn.validation import _check
 
 
+def _check_prompt_and_grader(key: str, prompt_template: str, max_new_tokens: int, grader: str) -> None:
+    """The checks every dataset shares: where the question goes, the answer budget, a known grader."""
+    from lrn.grading import GRADERS
+
+    _check("{question}" in prompt_template, f"{key}.prompt_template", prompt_template, "must contain '{question}'")
+    _check(max_new_tokens >= 1, f"{key}.max_new_tokens", max_new_tokens, "must be >= 1")
+    _check(grader in GRADERS, f"{key}.grader", grader, f"allowed: {', '.join(sorted(GRADERS))}")
+
+
 @dataclass
 class ArithmeticConfig:
     """Procedural integer addition/subtraction; level L has a larger operand of L+1 digits."""
@@ -28,14 +37,9 @@ class ArithmeticConfig:
         _check(self.test_per_level >= 1, f"{key}.test_per_level", self.test_per_level, "must be >= 1")
         _check(self.train_seed != self.test_seed, f"{key}.test_seed", self.test_seed,
                "must differ from dataset.train_seed")
-        _check("{question}" in self.prompt_template, f"{key}.prompt_template", self.prompt_template,
-               "must contain '{question}'")
-        _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
         _check(self.width == 0 or self.width >= self.levels + 1, f"{key}.width", self.width,
                "must be 0 (natural numbers) or at least dataset.levels + 1 digits")
-        from lrn.grading import GRADERS
-
-        _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
+        _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader)
 
 
 @dataclass
@@ -82,9 +86,4 @@ class HubDatasetConfig:
                "set dataset.path to a local .jsonl file (this dataset has no Hub source)")
         _check(self.train_limit is None or self.train_limit >= 1, f"{key}.train_limit", self.train_limit,
                "must be >= 1 or null")
-        _check("{question}" in self.prompt_template, f"{key}.prompt_template", self.prompt_template,
-               "must contain '{question}'")
-        _check(self.max_new_tokens >= 1, f"{key}.max_new_tokens", self.max_new_tokens, "must be >= 1")
-        from lrn.grading import GRADERS
-
-        _check(self.grader in GRADERS, f"{key}.grader", self.grader, f"allowed: {', '.join(sorted(GRADERS))}")
+        _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader)
