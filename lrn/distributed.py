@@ -143,14 +143,6 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
-def seed_for(*keys: int) -> int:
-    """A 63-bit seed derived from integers (seed, step, rank, call), the same on every machine."""
-    import hashlib
-
-    digest = hashlib.sha256(",".join(map(str, keys)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def _device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 

@@ -11,12 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from lrn import distributed
-from lrn.engines import Engine, SamplingSpec
+from lrn.engines import Engine, SamplingSpec, derive_seed
 from lrn.grading import GradePool
 from lrn.tasks import Problem, Task
 
@@ -81,8 +80,7 @@ class RolloutEngine:
         prompts = [ids for ids in encoded for _ in range(k)]
         spec = self.spec.as_greedy() if greedy else self.spec
         if self.seed is not None:
-            seed = np.random.SeedSequence([self.seed, self.step, self._calls, distributed.rank()]).generate_state(1)[0]
-            spec = replace(spec, seed=int(seed & 0x7FFFFFFF))
+            spec = replace(spec, seed=derive_seed(self.seed, self.step, self._calls, distributed.rank()))
             self._calls += 1
         generated = self.engine.generate(prompts, spec, self.on_batch)
         t1 = time.perf_counter()
@@ -110,9 +108,6 @@ class RolloutEngine:
         counters, self.counters = self.counters, EngineCounters()
         return counters
 
-    def close(self) -> None:
-        self.grading.close()
-
 
 class ShardedRollouts:
     """``engine`` across ranks: each rank rolls out its contiguous share of the problems and the groups are
@@ -132,7 +127,7 @@ class ShardedRollouts:
         mine = list(distributed.shard(problems))
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(distributed.seed_for(*self.seed, distributed.rank(), self.calls))
+            torch.manual_seed(derive_seed(*self.seed, distributed.rank(), self.calls))
             groups = self.engine.rollout(mine, k, greedy, count) if mine else []
         return distributed.gather_shards(groups)
 

@@ -13,6 +13,14 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 
+def derive_seed(*keys: int) -> int:
+    """A 31-bit seed (what vLLM's requests take) derived from integers, e.g. (run seed, step, call, rank):
+    the same on every machine and in every process."""
+    import numpy as np
+
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """Everything that shapes an answer's distribution and its end.

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lrn.engines.base import Generation, SamplingSpec, finish
+from lrn.engines.base import Generation, SamplingSpec, derive_seed, finish
 
 if TYPE_CHECKING:
     from lrn.config import VLLMConfig
@@ -53,11 +53,6 @@ def _own_rng() -> Iterator[None]:
         finally:
             random.setstate(py)
             np.random.set_state(npy)
-
-
-def request_seed(seed: int, index: int) -> int:
-    """The seed of the ``index``-th question of a call sampled under ``spec.seed = seed``."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _base_model(model: PreTrainedModel) -> PreTrainedModel:
@@ -161,7 +156,7 @@ class VLLMEngine:
                 size += groups[stop][1]
                 stop += 1
             chunk = groups[start:stop]
-            params = [self._params(spec, n, None if spec.seed is None else request_seed(spec.seed, start + i))
+            params = [self._params(spec, n, None if spec.seed is None else derive_seed(spec.seed, start + i))
                       for i, (_, n) in enumerate(chunk)]
             with _own_rng():
                 results = self.llm.generate([{"prompt_token_ids": p} for p, _ in chunk], params, use_tqdm=False)
