@@ -20,6 +20,7 @@ from lrn.dataset_config import ArithmeticConfig, HubDatasetConfig
 from lrn.sampler_config import (
     AdaptiveSamplerConfig,
     DynamicFilterSamplerConfig,
+    FrontierSamplerConfig,
     HistorySamplerConfig,
     LearnabilitySamplerConfig,
     UniformSamplerConfig,
@@ -274,7 +275,7 @@ DATASETS["arithmetic"] = ArithmeticConfig
 SAMPLERS: dict[str, type] = {
     "uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig,
     "dynamic_filter": DynamicFilterSamplerConfig, "learnability_adaptive": AdaptiveSamplerConfig,
-    "learnability_history": HistorySamplerConfig,
+    "learnability_history": HistorySamplerConfig, "frontier": FrontierSamplerConfig,
 }
 
 

@@ -26,6 +26,9 @@ class ArithmeticConfig:
     test_per_level: int = 200
     train_seed: int = 1234
     test_seed: int = 4321
+    val_per_level: int = 200
+    val_seed: int = 5678
+    eval_split: str = "test"
     width: int = 6
     prompt_template: str = "{question}="
     max_new_tokens: int = 9
@@ -37,6 +40,14 @@ class ArithmeticConfig:
         _check(self.test_per_level >= 1, f"{key}.test_per_level", self.test_per_level, "must be >= 1")
         _check(self.train_seed != self.test_seed, f"{key}.test_seed", self.test_seed,
                "must differ from dataset.train_seed")
+        _check(self.val_per_level >= 0, f"{key}.val_per_level", self.val_per_level,
+               "must be >= 0 (0: no validation split)")
+        _check(self.val_seed not in (self.train_seed, self.test_seed), f"{key}.val_seed", self.val_seed,
+               "must differ from dataset.train_seed and dataset.test_seed")
+        _check(self.eval_split in ("test", "validation"), f"{key}.eval_split", self.eval_split,
+               "allowed: test, validation")
+        _check(self.eval_split == "test" or self.val_per_level >= 1, f"{key}.eval_split", self.eval_split,
+               "needs a validation split: set dataset.val_per_level >= 1")
         _check(self.width == 0 or self.width >= self.levels + 1, f"{key}.width", self.width,
                "must be 0 (natural numbers) or at least dataset.levels + 1 digits")
         _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader)

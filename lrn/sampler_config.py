@@ -98,3 +98,32 @@ class HistorySamplerConfig:
         _check(self.screen_factor >= 0, f"{key}.screen_factor", self.screen_factor, "must be >= 0 (0: no screen)")
         _check(self.screen_rollouts >= 1, f"{key}.screen_rollouts", self.screen_rollouts, "must be >= 1")
         _check_mix(key, self.mix)
+
+
+@dataclass
+class FrontierSamplerConfig:
+    """Level-shared posterior ranks a uniform draw, few-rollout screen, train on every mixed group."""
+
+    name: str = "frontier"
+    pool_factor: float = 4.0
+    screen_factor: float = 2.0
+    screen_rollouts: int = 2
+    continue_threshold: float = 0.5
+    max_train_factor: float | None = None
+    prior_strength: float = 2.0
+    decay: float = 0.95
+    mix: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _check_pool_factor(key, self.pool_factor)
+        _check(0 < self.screen_factor <= self.pool_factor, f"{key}.screen_factor", self.screen_factor,
+               "must be in (0, pool_factor]: the screened candidates are the best-ranked of the pool")
+        _check(self.screen_rollouts >= 1, f"{key}.screen_rollouts", self.screen_rollouts,
+               "must be >= 1 (trainer.rollouts_per_question or more: whole groups, no second stage)")
+        _check(0 <= self.continue_threshold <= 1, f"{key}.continue_threshold", self.continue_threshold,
+               "must be in [0, 1] (0: every screened candidate gets K answers)")
+        _check(self.max_train_factor is None or self.max_train_factor > 0, f"{key}.max_train_factor",
+               self.max_train_factor, "must be > 0, or null (train on every mixed group)")
+        _check(self.prior_strength > 0, f"{key}.prior_strength", self.prior_strength, "must be > 0")
+        _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")
+        _check_mix(key, self.mix)

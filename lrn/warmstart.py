@@ -25,7 +25,7 @@ from lrn.tasks.arithmetic import build_splits, make_problem
 from lrn.tasks.base import question_hash
 
 log = logging.getLogger(__name__)
-RECIPE_VERSION = 2  # bump when the warm-start code changes what it produces
+RECIPE_VERSION = 3  # bump when the warm-start code changes what it produces
 
 
 def cache_key(cfg: ModelConfig, task_cfg: ArithmeticConfig) -> str:
@@ -33,7 +33,8 @@ def cache_key(cfg: ModelConfig, task_cfg: ArithmeticConfig) -> str:
         "version": RECIPE_VERSION,
         "tiny": dataclasses.asdict(cfg.tiny),
         "warm_start": {k: v for k, v in dataclasses.asdict(cfg.warm_start).items() if k != "cache_dir"},
-        "task": dataclasses.asdict(task_cfg),
+        # which held-out split is evaluated does not change the warm start (both are excluded from it)
+        "task": {k: v for k, v in dataclasses.asdict(task_cfg).items() if k != "eval_split"},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -75,9 +76,9 @@ def warm_start(cfg: ModelConfig, task_cfg, device: torch.device) -> Path:
     torch.manual_seed(ws.seed)
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(cfg.tiny, tokenizer).to(device)
-    _, test = build_splits(task_cfg.levels, 0, task_cfg.test_per_level, task_cfg.train_seed, task_cfg.test_seed,
-                           task_cfg.width)
-    held_out = {question_hash(p.question) for p in test}
+    _, validation, test = build_splits(task_cfg.levels, 0, task_cfg.test_per_level, task_cfg.train_seed,
+                                       task_cfg.test_seed, task_cfg.width, task_cfg.val_per_level, task_cfg.val_seed)
+    held_out = {question_hash(p.question) for p in test + validation}  # never trained on, not even here
     rng = random.Random(ws.seed)
     levels = list(range(1, task_cfg.levels + 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=ws.lr, betas=(0.9, 0.98))

@@ -253,7 +253,8 @@ def test_mixed_evaluation_settings_are_refused():
     check_same_evaluation([mem_run("a", ev), mem_run("b", ev, **{"dataset.train_size": 10})])  # training side
     check_same_evaluation([mem_run("a", ev), mem_run("b", ev, **{"dataset.question_template": None})])  # older
     for key, value in [("eval.limit", 100), ("eval.samples", 4), ("trainer.eval_every", 5),
-                       ("dataset.test_seed", 7), ("dataset.test_path", "held.jsonl")]:
+                       ("dataset.test_seed", 7), ("dataset.test_path", "held.jsonl"),
+                       ("dataset.eval_split", "validation")]:
         with pytest.raises(CompareError, match=f"evaluated differently: {key} = "):
             check_same_evaluation([mem_run("a", ev), mem_run("b", ev, **{key: value})])
     runs = [mem_run("a", ev, **{"trainer.eval_every": 10}),

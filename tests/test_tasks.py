@@ -25,14 +25,17 @@ def _split(q):
 
 
 def test_splits_are_disjoint_balanced_and_reproducible():
-    train, test = build_splits(5, 2000, 100, 1, 2)
-    assert len(train) == 2000 and len(test) == 500
+    train, validation, test = build_splits(5, 2000, 100, 1, 2, val_per_level=50, val_seed=3)
+    assert len(train) == 2000 and len(test) == 500 and len(validation) == 250
+    assert all(sum(p.level == lv for p in validation) == 50 for lv in range(1, 6))
+    hashes = [{question_hash(p.question) for p in split} for split in (train, validation, test)]
+    assert not hashes[0] & hashes[1] and not hashes[1] & hashes[2]
     assert {p.level for p in test} == {1, 2, 3, 4, 5}
     assert all(sum(p.level == lv for p in test) == 100 for lv in range(1, 6))
     assert not {question_hash(p.question) for p in train} & {question_hash(p.question) for p in test}
     assert len({p.id for p in train}) == 2000
-    again, _ = build_splits(5, 2000, 100, 1, 2)
-    assert [p.id for p in again] == [p.id for p in train]
+    again, _, again_test = build_splits(5, 2000, 100, 1, 2)  # no validation split: pool and test unchanged
+    assert [p.id for p in again] == [p.id for p in train] and [p.id for p in again_test] == [p.id for p in test]
 
 
 def test_overlapping_splits_are_refused():
@@ -40,3 +43,24 @@ def test_overlapping_splits_are_refused():
     b = Problem("2", "what is 2+2?", "4")
     with pytest.raises(ConfigError, match="also appear in the training pool"):
         check_disjoint([a], [b], "dataset=x")
+
+
+def test_eval_split_picks_validation_with_its_own_metric_name():
+    from lrn.dataset_config import ArithmeticConfig
+    from lrn.tasks import build_task
+
+    test_task = build_task(ArithmeticConfig(train_size=300, test_per_level=8, val_per_level=6))
+    val_task = build_task(ArithmeticConfig(train_size=300, test_per_level=8, val_per_level=6, eval_split="validation"))
+    assert (test_task.name, len(test_task.test)) == ("arithmetic", 40)
+    assert (val_task.name, len(val_task.test)) == ("arithmetic_val", 30)
+    assert [p.id for p in val_task.train] == [p.id for p in test_task.train]
+    assert not {p.id for p in val_task.test} & {p.id for p in test_task.test}
+
+
+def test_validation_split_needs_questions():
+    from lrn.dataset_config import ArithmeticConfig
+
+    with pytest.raises(ConfigError, match="dataset.eval_split.*val_per_level >= 1"):
+        ArithmeticConfig(val_per_level=0, eval_split="validation").validate("dataset")
+    with pytest.raises(ConfigError, match="dataset.val_seed"):
+        ArithmeticConfig(val_seed=4321).validate("dataset")

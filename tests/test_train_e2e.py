@@ -48,6 +48,24 @@ def test_train_writes_metrics_and_changes_parameters(run_lrn, cache_dir, tmp_pat
     assert len(records) == 5 * 8 and len(json.loads(records[0])["samples"]) == 4
 
 
+def test_frontier_on_the_validation_split(run_lrn, tmp_path):
+    """The new sampler end to end, evaluated on the validation split under its own metric name."""
+    run_lrn("train", *TINY, "sampler=frontier", "dataset.eval_split=validation", "dataset.val_per_level=6",
+            f"hydra.run.dir={tmp_path}")
+    rows = read_metrics(tmp_path)
+    acc = "eval/arithmetic_val/accuracy"
+    assert [r["step"] for r in rows if acc in r] == [0, 2, 3]
+    assert not any("eval/arithmetic/accuracy" in r for r in rows)
+    made = [r["sampler/rollouts"] for r in rows[1:]]
+    assert [r["counts/rollouts_total"] for r in rows[1:]] == [sum(made[:i + 1]) for i in range(3)]
+    for r in rows[1:]:  # every trained question has K = 4 answers; the rest were screening
+        assert r["sampler/screening_rollouts"] == r["sampler/rollouts"] - 4 * r["sampler/trained_questions"]
+    run_lrn("eval", str(tmp_path))  # the run's own config: the same split, the same accuracy
+    summary = json.loads((tmp_path / "eval" / "arithmetic_val" / "summary.json").read_text())
+    assert summary["metrics"][acc] == rows[-1][acc]
+    assert len((tmp_path / "eval" / "arithmetic_val" / "records.jsonl").read_text().splitlines()) == 5 * 6
+
+
 def test_same_seed_same_metrics_and_gae_runs(run_lrn, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run_lrn("train", *TINY, "ppo.advantage=gae", "ppo.kl_coef=0.1", f"hydra.run.dir={a}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lrn.samplers.adaptive import AdaptiveLearnabilitySampler
 from lrn.samplers.base import Sampler, Selection
 from lrn.samplers.dynamic_filter import DynamicFilterSampler
+from lrn.samplers.frontier import FrontierSampler
 from lrn.samplers.history import HistorySampler
 from lrn.samplers.learnability import LearnabilitySampler
 from lrn.samplers.uniform import UniformSampler
@@ -28,4 +29,7 @@ def build_sampler(cfg, pool: list[Problem], batch_size: int, k: int, seed: int) 
     if cfg.name == "learnability_history":
         return HistorySampler(*args, tuple(cfg.prior), cfg.decay, cfg.score, cfg.screen_factor, cfg.screen_rollouts,
                               cfg.mix, cfg.pool_factor)
+    if cfg.name == "frontier":
+        return FrontierSampler(*args, cfg.pool_factor, cfg.screen_factor, cfg.screen_rollouts, cfg.continue_threshold,
+                               cfg.max_train_factor, cfg.prior_strength, cfg.decay, cfg.mix)
     raise ValueError(f"unknown sampler {cfg.name!r}")  # pragma: no cover - the schema admits known names

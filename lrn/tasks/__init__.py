@@ -41,8 +41,15 @@ def build_task(cfg, evaluation: bool = False) -> Task:
     if cfg.name == "arithmetic":
         from lrn.tasks.arithmetic import build_splits
 
-        train, test = build_splits(cfg.levels, cfg.train_size, cfg.test_per_level, cfg.train_seed,
-                                   cfg.test_seed, cfg.width)
+        train, validation, test = build_splits(cfg.levels, cfg.train_size, cfg.test_per_level, cfg.train_seed,
+                                               cfg.test_seed, cfg.width, cfg.val_per_level, cfg.val_seed)
+        check_disjoint(train, test, f"dataset={cfg.name}")
+        check_disjoint(train, validation, f"dataset={cfg.name} (validation split)")
+        check_disjoint(test, validation, f"dataset={cfg.name} (validation split vs test split)")
+        # the validation split gets its own metric names (eval/arithmetic_val/...), never pooled with test's
+        name = f"{cfg.name}_val" if cfg.eval_split == "validation" else cfg.name
+        return Task(name, train, validation if cfg.eval_split == "validation" else test, cfg.prompt_template,
+                    cfg.max_new_tokens, GRADERS[cfg.grader])
     else:
         from lrn.tasks.hub import load_splits
 

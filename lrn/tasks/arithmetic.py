@@ -51,17 +51,25 @@ def draw(rng: random.Random, n: int, level_weights: Sequence[float], exclude: se
 
 
 def build_splits(levels: int, train_size: int, test_per_level: int, train_seed: int, test_seed: int,
-                 width: int = 0) -> tuple[list[Problem], list[Problem]]:
-    """The fixed training pool (uniform over levels) and the held-out test split (equal per level).
+                 width: int = 0, val_per_level: int = 0, val_seed: int | None = None
+                 ) -> tuple[list[Problem], list[Problem], list[Problem]]:
+    """The fixed training pool (uniform over levels), the validation split and the test split.
 
-    The test split is drawn first from its own seed; the training pool is drawn from another seed
-    and excludes every test question, so the two are disjoint by construction.
+    The test split is drawn first from its own seed; the training pool from another seed, excluding
+    every test question; the validation split last, from ``val_seed``, excluding both (equal per level,
+    like the test split). The three are disjoint by construction (and checked by ``build_task``).
+    Drawing validation last leaves the pool and the test split what they were without it.
     """
-    test_rng, train_rng = random.Random(test_seed), random.Random(train_seed)
     seen: set[str] = set()
-    test: list[Problem] = []
-    for level in range(1, levels + 1):
-        weights = [1.0 if lv == level else 0.0 for lv in range(1, levels + 1)]
-        test += draw(test_rng, test_per_level, weights, seen, width)
-    train = draw(train_rng, train_size, [1.0] * levels, seen, width)
-    return train, test
+
+    def per_level(rng: random.Random, n: int) -> list[Problem]:
+        out: list[Problem] = []
+        for level in range(1, levels + 1):
+            weights = [1.0 if lv == level else 0.0 for lv in range(1, levels + 1)]
+            out += draw(rng, n, weights, seen, width)
+        return out
+
+    test = per_level(random.Random(test_seed), test_per_level)
+    train = draw(random.Random(train_seed), train_size, [1.0] * levels, seen, width)
+    validation = per_level(random.Random(val_seed), val_per_level) if val_per_level else []
+    return train, validation, test
