@@ -106,7 +106,7 @@ class FrontierSamplerConfig:
 
     name: str = "frontier"
     pool_factor: float = 4.0
-    screen_factor: float = 2.0
+    screen_factor: float = 4.0
     screen_rollouts: int = 2
     continue_threshold: float = 0.5
     max_train_factor: float | None = None

@@ -5,6 +5,7 @@ import pytest
 from fakes import FakeRollouts, pool_with
 from test_samplers_beyond import BernoulliRollouts
 
+from lrn.checkpoint import read_tree, write_tree
 from lrn.config import ConfigError, FrontierSamplerConfig
 from lrn.samplers import build_sampler
 from lrn.samplers.base import is_zero_signal
@@ -81,7 +82,7 @@ def test_screens_the_level_where_mixed_groups_are():
     # level 1 (even ids): p = 0.5; level 2 (odd ids): p = 0.02. After a few steps of evidence the screen
     # goes to level 1, and a mixed group costs far fewer rollouts than uniform's.
     problems, rates = pool_with([0.5 if i % 2 == 0 else 0.02 for i in range(2000)])
-    frontier = FrontierSampler(problems, batch_size=8, k=8, seed=0, screen_rollouts=8)
+    frontier = FrontierSampler(problems, batch_size=8, k=8, seed=0, screen_factor=2, screen_rollouts=8)
     uniform = UniformSampler(problems, batch_size=8, k=8, seed=0)
     cost = {}
     for name, sampler in (("frontier", frontier), ("uniform", uniform)):
@@ -98,16 +99,21 @@ def test_screens_the_level_where_mixed_groups_are():
     assert cost["frontier"] < 9.5
 
 
-def test_state_round_trip_gives_the_same_next_selection():
+def test_state_round_trips_through_a_checkpoint_tree(tmp_path):
     problems, rates = pool_with(list(np.linspace(0, 1, 60)))
     a = FrontierSampler(problems, batch_size=4, k=8, seed=3)
     fake = BernoulliRollouts(rates, seed=0)
     for step in range(1, 4):
         a.next_batch(step, fake)
+    write_tree(tmp_path, "state", {"sampler": a.state_dict()})
     b = FrontierSampler(problems, batch_size=4, k=8, seed=99)
-    b.load_state_dict(a.state_dict())
+    b.load_state_dict(read_tree(tmp_path, "state")["sampler"])
+    idx = np.arange(60)
+    assert np.array_equal(a.posterior(4, idx)[0], b.posterior(4, idx)[0]) and a.level_right.sum() > 0
     ids = [[p.id for p in s.next_batch(4, BernoulliRollouts(rates, seed=5)).problems] for s in (a, b)]
     assert ids[0] == ids[1]
+    with pytest.raises(ValueError, match="history covers 60 questions, the pool has 50"):
+        FrontierSampler(problems[:50], 4, 8, seed=0).load_state_dict(a.state_dict())
 
 
 def test_config_builds_it_and_refuses_bad_values():

@@ -80,7 +80,7 @@ def p_mixed_after(a: float, b: float, right: int, made: int, k: int) -> float:
 
 
 class FrontierSampler(Sampler):
-    def __init__(self, pool, batch_size: int, k: int, seed: int, pool_factor: float = 4.0, screen_factor: float = 2.0,
+    def __init__(self, pool, batch_size: int, k: int, seed: int, pool_factor: float = 4.0, screen_factor: float = 4.0,
                  screen_rollouts: int = 2, continue_threshold: float = 0.5, max_train_factor: float | None = None,
                  prior_strength: float = 2.0, decay: float = 0.95, mix: float = 0.0):
         super().__init__(pool, batch_size, k, seed, mix)
