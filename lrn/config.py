@@ -159,7 +159,7 @@ class PPOConfig:
 class TrainerConfig:
     """Loop sizes and cadences."""
 
-    steps: int = 100
+    steps: int = 40
     batch_size: int = 32
     rollouts_per_question: int = 8
     eval_every: int = 10
