@@ -204,7 +204,7 @@ def test_history_state_round_trips_through_a_checkpoint_tree(tmp_path):
     write_tree(tmp_path, "state", {"sampler": a.state_dict()})
     b = HistorySampler(problems, 8, 4, seed=99)
     b.load_state_dict(read_tree(tmp_path, "state")["sampler"])
-    assert np.array_equal(a.posterior(4)[0], b.posterior(4)[0]) and np.array_equal(a.last, b.last)
+    assert np.array_equal(a.posterior(4)[0], b.posterior(4)[0]) and np.array_equal(a.counts.last, b.counts.last)
     fa, fb = BernoulliRollouts(rates, 7), BernoulliRollouts(rates, 7)
     assert [p.id for p in a.next_batch(4, fa).problems] == [p.id for p in b.next_batch(4, fb).problems]
     with pytest.raises(ValueError, match="history covers 100 questions, the pool has 50"):
@@ -230,7 +230,7 @@ def test_mix_is_seen_by_the_history_posterior():
     problems, rates = pool_with([1.0] * 20)
     sampler = HistorySampler(problems, 4, 2, seed=0, mix=0.5)
     sampler.next_batch(1, FakeRollouts(rates))
-    assert (sampler.right > 0).sum() == 4  # 2 chosen by the posterior + 2 drawn uniformly
+    assert (sampler.counts.right > 0).sum() == 4  # 2 chosen by the posterior + 2 drawn uniformly
 
 
 def test_build_sampler_builds_each_new_sampler_from_its_config():

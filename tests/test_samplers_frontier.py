@@ -109,7 +109,7 @@ def test_state_round_trips_through_a_checkpoint_tree(tmp_path):
     b = FrontierSampler(problems, batch_size=4, k=8, seed=99)
     b.load_state_dict(read_tree(tmp_path, "state")["sampler"])
     idx = np.arange(60)
-    assert np.array_equal(a.posterior(4, idx)[0], b.posterior(4, idx)[0]) and a.level_right.sum() > 0
+    assert np.array_equal(a.posterior(4, idx)[0], b.posterior(4, idx)[0]) and a.levels.right.sum() > 0
     ids = [[p.id for p in s.next_batch(4, BernoulliRollouts(rates, seed=5)).problems] for s in (a, b)]
     assert ids[0] == ids[1]
     with pytest.raises(ValueError, match="history covers 60 questions, the pool has 50"):

@@ -64,6 +64,40 @@ def beta_learnability(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarra
     return a * b / ((a + b) * (a + b + 1))
 
 
+class DecayedCounts:
+    """Right and wrong answers per slot (a question, a level), each weighed ``decay`` ** (its age in steps).
+
+    The counts are stored as of step ``last[i]`` and aged when read or added to, so a step costs
+    nothing for slots that saw no rollout. State keys: ``<prefix>right``, ``<prefix>wrong``, ``<prefix>last``.
+    """
+
+    def __init__(self, n: int, decay: float):
+        self.decay = decay
+        self.right, self.wrong = np.zeros(n), np.zeros(n)
+        self.last = np.zeros(n, dtype=np.int64)
+
+    def add(self, i: int, step: int, right: float, made: int) -> None:
+        w = self.decay ** (step - self.last[i])
+        self.right[i] = self.right[i] * w + right
+        self.wrong[i] = self.wrong[i] * w + made - right
+        self.last[i] = step
+
+    def weights(self, step: int, idx=slice(None)) -> np.ndarray:
+        """Each slot's decay factor from its last update to ``step``."""
+        return self.decay ** (step - self.last[idx])
+
+    def state_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}right": self.right.copy(), f"{prefix}wrong": self.wrong.copy(),
+                f"{prefix}last": self.last.copy()}
+
+    def load_state_dict(self, state: dict, prefix: str = "") -> None:
+        if len(state[f"{prefix}right"]) != len(self.right):
+            raise ValueError(f"history covers {len(state[f'{prefix}right'])} questions, the pool has {len(self.right)}")
+        self.right = np.asarray(state[f"{prefix}right"], float)
+        self.wrong = np.asarray(state[f"{prefix}wrong"], float)
+        self.last = np.asarray(state[f"{prefix}last"], np.int64)
+
+
 def is_zero_signal(group: list[Rollout]) -> bool:
     """All answers right or all wrong: every group advantage is 0, the question teaches nothing."""
     return len({r.reward for r in group}) <= 1

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from lrn.rollout import Rollout, RolloutFn
-from lrn.samplers.base import Pick, Sampler, is_zero_signal, learnability, top_n
+from lrn.samplers.base import DecayedCounts, Pick, Sampler, is_zero_signal, learnability, top_n
 
 
 def beta_moment(a: np.ndarray, b: np.ndarray, j: int) -> np.ndarray:
@@ -87,39 +87,27 @@ class FrontierSampler(Sampler):
         self.pool_factor, self.screen_factor = pool_factor, screen_factor
         self.m = min(screen_rollouts, k)
         self.threshold, self.max_train_factor = continue_threshold, max_train_factor
-        self.strength, self.decay = prior_strength, decay
-        self.right = np.zeros(len(pool))  # decayed counts per question, as of step self.last[i]
-        self.wrong = np.zeros(len(pool))
-        self.last = np.zeros(len(pool), dtype=np.int64)
+        self.strength = prior_strength
+        self.questions = DecayedCounts(len(pool), decay)
         levels = sorted({p.level for p in pool if p.level is not None})
         self.level_of = np.array([levels.index(p.level) if p.level is not None else len(levels) for p in pool])
-        n_levels = len(levels) + 1  # the last slot: questions without a level
-        self.level_right, self.level_wrong = np.zeros(n_levels), np.zeros(n_levels)
-        self.level_last = np.zeros(n_levels, dtype=np.int64)
+        self.levels = DecayedCounts(len(levels) + 1, decay)  # the last slot: questions without a level
 
     # -- evidence ---------------------------------------------------------------------------------
 
     def record(self, step: int, groups: list[list[Rollout]]) -> None:
         for g in groups:
-            i = self.index[g[0].problem.id]
-            right = sum(r.reward for r in g)
-            w = self.decay ** (step - self.last[i])
-            self.right[i], self.wrong[i] = self.right[i] * w + right, self.wrong[i] * w + len(g) - right
-            self.last[i] = step
-            lv = self.level_of[i]
-            w = self.decay ** (step - self.level_last[lv])
-            self.level_right[lv] = self.level_right[lv] * w + right
-            self.level_wrong[lv] = self.level_wrong[lv] * w + len(g) - right
-            self.level_last[lv] = step
+            i, right = self.index[g[0].problem.id], sum(r.reward for r in g)
+            self.questions.add(i, step, right, len(g))
+            self.levels.add(self.level_of[i], step, right, len(g))
 
     def posterior(self, step: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(alpha, beta) of the questions ``idx``: their level's prior plus their own decayed counts."""
-        lw = self.decay ** (step - self.level_last)
-        mu = (1.0 + self.level_right * lw) / (2.0 + (self.level_right + self.level_wrong) * lw)
-        lv = self.level_of[idx]
-        w = self.decay ** (step - self.last[idx])
-        return (self.strength * mu[lv] + self.right[idx] * w,
-                self.strength * (1 - mu[lv]) + self.wrong[idx] * w)
+        lv, q = self.levels, self.questions
+        lw = lv.weights(step)
+        mu = ((1.0 + lv.right * lw) / (2.0 + (lv.right + lv.wrong) * lw))[self.level_of[idx]]
+        w = q.weights(step, idx)
+        return self.strength * mu + q.right[idx] * w, self.strength * (1 - mu) + q.wrong[idx] * w
 
     # -- selection --------------------------------------------------------------------------------
 
@@ -158,15 +146,9 @@ class FrontierSampler(Sampler):
     # -- checkpoint state -------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "right": self.right.copy(), "wrong": self.wrong.copy(),
-                "last": self.last.copy(), "level_right": self.level_right.copy(),
-                "level_wrong": self.level_wrong.copy(), "level_last": self.level_last.copy()}
+        return {**super().state_dict(), **self.questions.state_dict(), **self.levels.state_dict("level_")}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if len(state["right"]) != len(self.pool):
-            raise ValueError(f"history covers {len(state['right'])} questions, the pool has {len(self.pool)}")
-        for key in ("right", "wrong", "level_right", "level_wrong"):
-            setattr(self, key, np.asarray(state[key], float))
-        self.last = np.asarray(state["last"], np.int64)
-        self.level_last = np.asarray(state["level_last"], np.int64)
+        self.questions.load_state_dict(state)
+        self.levels.load_state_dict(state, "level_")

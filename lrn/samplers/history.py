@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from lrn.rollout import Rollout, RolloutFn
-from lrn.samplers.base import Pick, Sampler, beta_learnability, top_n
+from lrn.samplers.base import DecayedCounts, Pick, Sampler, beta_learnability, top_n
 
 
 class HistorySampler(Sampler):
@@ -33,25 +33,19 @@ class HistorySampler(Sampler):
         self.pool_size = max(batch_size, round(pool_factor * batch_size))
         self.prior, self.decay, self.score = (float(prior[0]), float(prior[1])), decay, score
         self.screen_factor, self.screen_rollouts = screen_factor, min(screen_rollouts, k)
-        self.right = np.zeros(len(pool))  # decayed counts, as of step self.last[i]
-        self.wrong = np.zeros(len(pool))
-        self.last = np.zeros(len(pool), dtype=np.int64)
+        self.counts = DecayedCounts(len(pool), decay)
 
     # -- the posterior ------------------------------------------------------------------------------
 
     def record(self, step: int, groups: list[list[Rollout]]) -> None:
         for g in groups:
-            i = self.index[g[0].problem.id]
-            w = self.decay ** (step - self.last[i])
-            right = sum(r.reward for r in g)
-            self.right[i] = self.right[i] * w + right
-            self.wrong[i] = self.wrong[i] * w + len(g) - right
-            self.last[i] = step
+            self.counts.add(self.index[g[0].problem.id], step, sum(r.reward for r in g), len(g))
 
     def posterior(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(alpha, beta) of every pool question's Beta posterior at ``step``."""
-        w = self.decay ** (step - self.last)
-        return self.prior[0] + self.right * w, self.prior[1] + self.wrong * w
+        c = self.counts
+        w = c.weights(step)
+        return self.prior[0] + c.right * w, self.prior[1] + c.wrong * w
 
     def scores(self, step: int, idx: list[int] | None = None) -> np.ndarray:
         """p(1-p) per question (of ``idx``, default the whole pool): expected, or of a Thompson draw."""
@@ -66,7 +60,7 @@ class HistorySampler(Sampler):
     # -- selection --------------------------------------------------------------------------------
 
     def select(self, step: int, rollout_fn: RolloutFn, n: int) -> Pick:
-        seen = float((self.right + self.wrong > 0).sum())
+        seen = float((self.counts.right + self.counts.wrong > 0).sum())
         if self.pool_size >= len(self.pool):
             drawn = list(range(len(self.pool)))
         else:
@@ -91,12 +85,8 @@ class HistorySampler(Sampler):
     # -- checkpoint state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "right": self.right.copy(), "wrong": self.wrong.copy(),
-                "last": self.last.copy()}
+        return {**super().state_dict(), **self.counts.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        if len(state["right"]) != len(self.pool):
-            raise ValueError(f"history covers {len(state['right'])} questions, the pool has {len(self.pool)}")
-        self.right, self.wrong = np.asarray(state["right"], float), np.asarray(state["wrong"], float)
-        self.last = np.asarray(state["last"], np.int64)
+        self.counts.load_state_dict(state)
