@@ -53,7 +53,7 @@ def per_step(group, what: str) -> float:
         steps = [r for r in run.rows if r["step"] > 0]
         if what == "rollouts":
             values.append(steps[-1]["counts/rollouts_total"] / steps[-1]["step"])
-        else:  # every sampler trains on pool_size - screened-away questions; frontier logs it
+        else:  # logged by every sampler; runs from before it was: trainer.batch_size, what they all trained on
             values.append(sum(r.get("sampler/trained_questions", run.config["trainer.batch_size"]) for r in steps)
                           / len(steps))
     return sum(values) / len(values)

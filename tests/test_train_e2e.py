@@ -27,12 +27,14 @@ def test_train_writes_metrics_and_changes_parameters(run_lrn, cache_dir, tmp_pat
     for r in rows[1:]:
         assert 0.0 <= r["train/reward_mean"] <= 1.0
         for key in ("train/zero_signal_frac", "sampler/pool_learnability", "sampler/batch_learnability",
-                    "sampler/screening_rollouts", "loss/policy", "ppo/clipfrac", "ppo/approx_kl",
+                    "sampler/screening_rollouts", "sampler/trained_questions", "loss/policy", "ppo/clipfrac",
+                    "ppo/approx_kl",
                     "perf/rollout_s", "perf/update_s", "counts/tokens_generated_total"):
             assert key in r, key
     per_step = 4 * 4 * (4 if sampler == "learnability" else 1)  # learnability screens 4x the batch
     assert [r["counts/rollouts_total"] for r in rows] == [0, per_step, 2 * per_step, 3 * per_step]
     assert rows[1]["sampler/screening_rollouts"] == (per_step - 16)
+    assert all(r["sampler/trained_questions"] == 4 for r in rows[1:])  # trainer.batch_size
     assert (tmp_path / "resolved_config.yaml").exists() and (tmp_path / ".hydra" / "overrides.yaml").exists()
     # the final policy differs from the warm-started one it started from
     (start,) = list((cache_dir / "warmstart").glob("*/model.safetensors"))

@@ -117,6 +117,7 @@ def selection_stats(screened: list[list[Rollout]], batch: list[list[Rollout]], s
         "sampler/batch_learnability": float(np.mean([learnability(g) for g in batch])),
         "sampler/pool_size": float(len(screened)),
         "sampler/screening_rollouts": float(screening_rollouts),
+        "sampler/trained_questions": float(len(batch)),
         "train/zero_signal_frac": float(np.mean([is_zero_signal(g) for g in batch])),
     }
     counts = Counter(level for level in levels if level is not None)

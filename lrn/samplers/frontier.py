@@ -133,7 +133,7 @@ class FrontierSampler(Sampler):
         made = sum(len(g) for g in groups)
         return Pick([self.pool[cand[j]] for j in keep], [groups[j] for j in keep], screened=groups,
                     screening_rollouts=made - k * len(keep),
-                    stats={"sampler/trained_questions": float(len(keep)), "sampler/screened": float(len(cand)),
+                    stats={"sampler/screened": float(len(cand)),
                            "sampler/continued": float(len(go)), "sampler/rollouts": float(made)})
 
     def _top_up(self, rollout_fn: RolloutFn, cand: np.ndarray, groups: list[list[Rollout]], js: list[int]) -> None:
