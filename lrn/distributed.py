@@ -31,6 +31,12 @@ def init() -> None:
     """Join the process group of a multi-process launch (once); a no-op for a single process."""
     if not launched() or dist.is_initialized():
         return
+    # torch.distributed.nn binds ``group.WORLD`` as default arguments when it is first imported (the
+    # trainer's imports reach it: transformers -> torch.distributed.fsdp). Imported after the group
+    # exists, those defaults keep the group alive past destroy_process_group, so gloo's worker threads
+    # outlive the interpreter and can abort the rank at exit (SIGABRT). Imported now, they bind None.
+    import torch.distributed.nn  # noqa: F401
+
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")

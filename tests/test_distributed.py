@@ -119,6 +119,38 @@ def without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(("perf/", "time/"))} for r in rows]
 
 
+# What a rank of `lrn train` does around its process group: join it, import the trainer lazily (as
+# lrn.cli's train_job does, so after the join), communicate, leave; then list its native threads.
+RANK_EXIT = """
+import json, os, sys
+from lrn import distributed
+distributed.init()
+import lrn.trainer  # noqa: F401  (imports transformers -> torch.distributed.fsdp -> torch.distributed.nn)
+distributed.barrier()
+distributed.shutdown()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(sys.argv[1], f"threads_{os.environ['RANK']}.json"), "w") as f:
+    json.dump(threads, f)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads thread names from Linux's /proc")
+def test_leaving_the_process_group_stops_its_threads_before_the_interpreter_exits(tmp_path):
+    # torch.distributed.nn binds group.WORLD as a default argument when it is imported: imported after
+    # init_process_group, it holds the group past destroy_process_group, gloo's worker threads outlive
+    # the interpreter, and one that drops a finished collective during finalisation aborts the rank
+    # (SIGABRT, "terminate called without an active exception": a flaky end-to-end launch in CI)
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_EXIT)
+    proc = subprocess.run([*TORCHRUN, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_rank = [json.loads((tmp_path / f"threads_{r}.json").read_text()) for r in range(2)]
+    assert all(per_rank)  # each lists its main thread at least
+    for threads in per_rank:
+        assert not [t for t in threads if "gloo" in t], threads
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [TORCHRUN, ACCELERATE], ids=["torchrun", "accelerate"])
 def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, launcher):
