@@ -1,5 +1,7 @@
 """The frontier sampler against fake rollout functions whose success rates are known."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from fakes import FakeRollouts, pool_with
@@ -114,6 +116,10 @@ def test_state_round_trips_through_a_checkpoint_tree(tmp_path):
     assert ids[0] == ids[1]
     with pytest.raises(ValueError, match="history covers 60 questions, the pool has 50"):
         FrontierSampler(problems[:50], 4, 8, seed=0).load_state_dict(a.state_dict())
+    # the same 60 questions regrouped into 3 levels (the checkpoint's have 2): the message counts levels
+    regrouped = [replace(p, level=1 + i % 3) for i, p in enumerate(problems)]
+    with pytest.raises(ValueError, match="history covers 2 levels, the pool has 3"):
+        FrontierSampler(regrouped, 4, 8, seed=0).load_state_dict(a.state_dict())
 
 
 def test_config_builds_it_and_refuses_bad_values():

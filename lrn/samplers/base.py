@@ -69,10 +69,12 @@ class DecayedCounts:
 
     The counts are stored as of step ``last[i]`` and aged when read or added to, so a step costs
     nothing for slots that saw no rollout. State keys: ``<prefix>right``, ``<prefix>wrong``, ``<prefix>last``.
+    ``unit`` names the slots in errors, which leave out the last ``spare`` slots (e.g. one for questions
+    without a level).
     """
 
-    def __init__(self, n: int, decay: float):
-        self.decay = decay
+    def __init__(self, n: int, decay: float, unit: str = "questions", spare: int = 0):
+        self.decay, self.unit, self.spare = decay, unit, spare
         self.right, self.wrong = np.zeros(n), np.zeros(n)
         self.last = np.zeros(n, dtype=np.int64)
 
@@ -91,8 +93,10 @@ class DecayedCounts:
                 f"{prefix}last": self.last.copy()}
 
     def load_state_dict(self, state: dict, prefix: str = "") -> None:
-        if len(state[f"{prefix}right"]) != len(self.right):
-            raise ValueError(f"history covers {len(state[f'{prefix}right'])} questions, the pool has {len(self.right)}")
+        saved = len(state[f"{prefix}right"])
+        if saved != len(self.right):
+            raise ValueError(f"history covers {saved - self.spare} {self.unit}, "
+                             f"the pool has {len(self.right) - self.spare}")
         self.right = np.asarray(state[f"{prefix}right"], float)
         self.wrong = np.asarray(state[f"{prefix}wrong"], float)
         self.last = np.asarray(state[f"{prefix}last"], np.int64)

@@ -91,7 +91,7 @@ class FrontierSampler(Sampler):
         self.questions = DecayedCounts(len(pool), decay)
         levels = sorted({p.level for p in pool if p.level is not None})
         self.level_of = np.array([levels.index(p.level) if p.level is not None else len(levels) for p in pool])
-        self.levels = DecayedCounts(len(levels) + 1, decay)  # the last slot: questions without a level
+        self.levels = DecayedCounts(len(levels) + 1, decay, "levels", spare=1)  # the last: questions without one
 
     # -- evidence ---------------------------------------------------------------------------------
 
