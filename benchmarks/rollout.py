@@ -77,8 +77,9 @@ def main() -> None:
                 from lrn.engines.vllm import VLLMEngine
 
                 engine = VLLMEngine(model, tok, VLLMConfig(max_model_len=args.prompt_tokens + args.new_tokens + 8),
-                                    torch.float32, batch_size=len(prompts))
+                                    torch.float32)
             speeds[engine_name] = tokens_per_s(engine, prompts, spec, args.repeats)
+            engine.close()
             del engine
             gc.collect()
         rows.append((name, params, speeds))

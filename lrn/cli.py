@@ -151,12 +151,13 @@ def train_job(cfg: DictConfig) -> dict:
         OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
         os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
         log.info("run directory: %s (processes: %d)", run_dir, distributed.world())
+    main = distributed.is_main()  # asked now: a vLLM engine's shutdown at the run's end ends the process group
     try:
         return train(config, run_dir)
     except (ConfigError, CheckpointError) as e:
         fail(str(e))
     except RunStopped as e:
-        if distributed.is_main():
+        if main:
             typer.echo(f"lrn: {e}", err=True)
         raise SystemExit(e.exit_code) from None
 
@@ -305,6 +306,7 @@ def eval_command(ctx: typer.Context) -> None:
             result = evaluate(engine, problems, task.name, config.dataset.grader, config.eval.samples,
                               config.eval.pass_k)
         finally:
+            engine.engine.close()
             grading.close()
     write_results(result, out, config.to_dict())
     logger = MetricsLogger(out, f"eval-{config.run_name}", config.to_dict(), config.logger.wandb)

@@ -181,21 +181,28 @@ class TrainerConfig:
 
 @dataclass
 class VLLMConfig:
-    """The colocated vLLM engine (``rollout.engine=vllm``): memory, batching, CUDA graphs, dtype."""
+    """The colocated vLLM engine (``rollout.engine=vllm``): memory, context length, sleep mode, CUDA graphs, dtype."""
 
     gpu_memory_utilization: float = 0.3
     kv_cache_memory: int | None = None
     max_num_batched_tokens: int | None = None
-    max_model_len: int | None = None
+    max_model_len: int | str | None = "auto"
+    sleep: bool | str = "auto"
     enforce_eager: bool | None = None
     dtype: str = "auto"
 
     def validate(self, key: str) -> None:
         _check(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", self.gpu_memory_utilization,
                "must be in (0, 1]")
-        for name in ("kv_cache_memory", "max_num_batched_tokens", "max_model_len"):
+        for name in ("kv_cache_memory", "max_num_batched_tokens"):
             _check(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", getattr(self, name),
                    "must be >= 1 or null")
+        length = self.max_model_len
+        _check(length is None or length == "auto" or (isinstance(length, int) and length >= 1),
+               f"{key}.max_model_len", length, "allowed: auto (the longest prompt + dataset.max_new_tokens), "
+               "an integer >= 1, or null (the model's max_position_embeddings)")
+        _check(self.sleep in (True, False, "auto"), f"{key}.sleep", self.sleep,
+               "allowed: auto (on where the vLLM build has sleep mode), true, false")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype", self.dtype,
                "allowed: auto (the policy's compute dtype), float32, bfloat16, float16")
 
@@ -219,9 +226,13 @@ class RolloutConfig:
             import importlib.util
 
             _check(importlib.util.find_spec("vllm") is not None, f"{key}.engine", self.engine,
-                   "vLLM is not installed: pip install -e '.[vllm]' (GPU, after your torch) or see README "
-                   "'vLLM rollout engine' for the CPU build")
+                   "vLLM is not installed: pip install -e '.[vllm]' (GPU, after your torch) or see docs/vllm.md "
+                   "for the CPU build")
         self.vllm.validate(f"{key}.vllm")
+        if self.engine == "vllm" and self.vllm.sleep is True:  # asks vLLM's platform (slow import): only then
+            from lrn.engines.vllm import sleep_enabled
+
+            sleep_enabled(True)
         _check(all(self.stop), f"{key}.stop", self.stop, "stop strings must not be empty")
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "must be > 0")
         _check(0 < self.top_p <= 1, f"{key}.top_p", self.top_p, "must be in (0, 1]")

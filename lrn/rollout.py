@@ -36,6 +36,18 @@ class Rollout:
 RolloutFn = Callable[[list[Problem], int], list[list[Rollout]]]
 
 
+def prompt_ids(task: Task, tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) -> list[list[int]]:
+    """The token ids an engine is given for each problem: the task's rendered prompt, tokenised."""
+    texts = [task.prompt(p) for p in problems]
+    return tokenizer(texts, add_special_tokens=task.special_tokens)["input_ids"] if texts else []
+
+
+def longest_prompt(task: Task, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens in the longest prompt of the task's training pool and held-out set (what
+    ``rollout.vllm.max_model_len=auto`` adds ``dataset.max_new_tokens`` to)."""
+    return max((len(ids) for ids in prompt_ids(task, tokenizer, [*task.train, *task.test])), default=0)
+
+
 @dataclass
 class EngineCounters:
     """What the engine has spent; the trainer reads and resets these every step."""
@@ -58,14 +70,16 @@ class RolloutEngine:
         self.engine, self.tokenizer, self.task, self.spec, self.grading = engine, tokenizer, task, spec, grading
         self.on_batch = on_batch  # called with the number of sequences after each generated batch
         self.counters = EngineCounters()
-        # seed of engines with per-request seeds (vLLM): each call samples under a spec seed derived
-        # from (seed, step, call within the step, rank), so a resumed run draws what an uninterrupted one did
+        # seed of engines that take one (vLLM): each call samples under a spec seed derived from
+        # (seed, step, call within the step, rank), so a resumed run draws what an uninterrupted one did
         self.seed: int | None = None
         self.step = self._calls = 0
+        self.logprobs = False  # ask the engine for its log-probs of sampled tokens (Rollout.engine_logprobs)
 
-    def start_step(self, step: int) -> None:
-        """Calls from now on belong to training step ``step`` (seeding only)."""
-        self.step, self._calls = step, 0
+    def start_step(self, step: int, logprobs: bool = False) -> None:
+        """Calls from now on belong to training step ``step`` (seeding) and ask for the engine's
+        log-probs when ``logprobs`` (``ppo.tis_cap`` needs them; the ``rollout/logprob_diff`` metric is due)."""
+        self.step, self._calls, self.logprobs = step, 0, logprobs
 
     def rollout(self, problems: list[Problem], k: int, greedy: bool = False, count: bool = True
                 ) -> list[list[Rollout]]:
@@ -75,14 +89,12 @@ class RolloutEngine:
         """
         t0 = time.perf_counter()
         tok = self.tokenizer
-        texts = [self.task.prompt(p) for p in problems]
-        encoded = tok(texts, add_special_tokens=self.task.special_tokens)["input_ids"]
-        prompts = [ids for ids in encoded for _ in range(k)]
+        prompts = [ids for ids in prompt_ids(self.task, tok, problems) for _ in range(k)]
         spec = self.spec.as_greedy() if greedy else self.spec
         if self.seed is not None:
             spec = replace(spec, seed=derive_seed(self.seed, self.step, self._calls, distributed.rank()))
             self._calls += 1
-        generated = self.engine.generate(prompts, spec, self.on_batch)
+        generated = self.engine.generate(prompts, spec, self.on_batch, logprobs=self.logprobs and not greedy)
         t1 = time.perf_counter()
         answers = [tok.decode(g.completion_ids, skip_special_tokens=True) for g in generated]
         ended = [i for i, g in enumerate(generated) if not g.truncated]

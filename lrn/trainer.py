@@ -15,6 +15,7 @@ gradients summed, and rank 0 alone writes metrics, checkpoints and the final mod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -36,7 +37,7 @@ from lrn.logger import MetricsLogger, NullLogger, truncate_metrics
 from lrn.models import eos_ids, load_policy, prepare_task
 from lrn.policy import Policy, compute_dtype
 from lrn.progress import TrainProgress, print_summary
-from lrn.rollout import RolloutEngine, sharded
+from lrn.rollout import RolloutEngine, longest_prompt, sharded
 from lrn.samplers import Sampler, build_sampler
 from lrn.tasks import Task, build_task
 from lrn.update import NonFiniteError, engine_gap, ppo_update, prepare
@@ -62,13 +63,17 @@ def build_rollouts(cfg: Config, policy: Policy, tokenizer, task: Task, batch_siz
                    on_batch=None, engine: Engine | None = None) -> RolloutEngine:
     """The rollout engine of ``cfg.rollout`` on ``policy``'s weights, sampling with one :class:`SamplingSpec`.
 
-    ``engine``: share that vLLM engine instead of building another (one ``vllm.LLM`` per run).
+    ``engine``: share that vLLM engine instead of building another (one ``vllm.LLM`` per run; the caller
+    closes it). ``batch_size`` bounds Hugging Face batches; vLLM schedules its own.
     """
     spec = SamplingSpec.from_config(cfg.rollout, task.max_new_tokens, eos_ids(policy.lm, tokenizer))
     if cfg.rollout.engine == "vllm":
         from lrn.engines.vllm import VLLMEngine
 
-        engine = engine or VLLMEngine(policy.lm, tokenizer, cfg.rollout.vllm, policy.dtype, cfg.seed, batch_size)
+        if engine is None:
+            length = (longest_prompt(task, tokenizer) + task.max_new_tokens
+                      if cfg.rollout.vllm.max_model_len == "auto" else None)
+            engine = VLLMEngine(policy.lm, tokenizer, cfg.rollout.vllm, policy.dtype, cfg.seed, length)
     else:
         engine = HFEngine(policy.lm, tokenizer, batch_size, policy.autocast)
     rollouts = RolloutEngine(engine, tokenizer, task, spec, grading, on_batch)
@@ -104,8 +109,14 @@ def train(cfg: Config, run_dir: Path) -> dict:
     """Run PPO as configured, writing ``metrics.jsonl`` and checkpoints into ``run_dir``; returns the summary.
 
     With ``cfg.resume`` set, continue from the newest valid checkpoint in ``run_dir/checkpoints``.
-    Raises :class:`RunStopped` after a signal (checkpoint written) or a non-finite loss.
+    Raises :class:`RunStopped` after a signal (checkpoint written) or a non-finite loss. However the run
+    ends, its rollout engine is shut down (a vLLM engine frees its memory before the next sweep job).
     """
+    with contextlib.ExitStack() as closing:
+        return _train(cfg, run_dir, closing)
+
+
+def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
     run_dir = Path(run_dir)
     task = build_task(cfg.dataset)
     with distributed.main_first():  # rank 0 fills the warm-start cache, the others read it
@@ -116,6 +127,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
                     reference=cfg.ppo.kl_coef > 0)
     grading = grade_pool(cfg)
     engine = build_rollouts(cfg, policy, tokenizer, task, cfg.rollout.batch_size, grading)
+    closing.callback(engine.engine.close)  # last: under torchrun vLLM's shutdown ends the process group
     eval_engine = build_rollouts(cfg, policy, tokenizer, task, cfg.eval.batch_size, grading, engine=engine.engine)
     spec = engine.spec
     k = cfg.trainer.rollouts_per_question
@@ -164,7 +176,10 @@ def train(cfg: Config, run_dir: Path) -> dict:
             for step in range(state.step + 1, cfg.trainer.steps + 1):
                 t_step = time.perf_counter()
                 engine.reset_counters()
-                engine.start_step(step)
+                eval_due = step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps
+                # the engine's log-probs: for truncated importance sampling, or for rollout/logprob_diff,
+                # which is logged on evaluation steps
+                engine.start_step(step, logprobs=cfg.ppo.tis_cap is not None or eval_due)
                 rollout = sharded(engine, cfg.seed, step).rollout  # each rank its share, all-gathered
 
                 # 1. select: the sampler may roll out candidates itself (screening)
@@ -177,6 +192,9 @@ def train(cfg: Config, run_dir: Path) -> dict:
                 #    every rank holds the whole batch, so advantages see whole groups
                 rollouts = [r for group in groups for r in group]
                 batch = collate(rollouts, tokenizer.pad_token_id, policy.device)
+                t = time.perf_counter()
+                engine.engine.sleep()  # vLLM: its KV cache and weights freed for the update (the sync wakes it)
+                sleep_s = time.perf_counter() - t
 
                 # 4. advantages, from no-grad passes of the current (= old) policy and the reference
                 t = time.perf_counter()
@@ -198,7 +216,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
                 update_s = time.perf_counter() - t
                 t = time.perf_counter()
                 engine.engine.sync_weights()  # vLLM: push the updated weights (HF: nothing to do)
-                sync_s = time.perf_counter() - t
+                sync_s = time.perf_counter() - t + sleep_s
 
                 # 6. log / evaluate / checkpoint
                 spent = engine.reset_counters()  # this rank's share; the counters are global sums
@@ -219,7 +237,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
                     "perf/weight_sync_s": sync_s,
                     "perf/tokens_per_s": counts["tokens"] / max(spent.generate_s, 1e-9),
                 }
-                if step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps:
+                if eval_due:
                     row.update(run_eval(step))
                 row["perf/step_s"] = time.perf_counter() - t_step
                 row["time/elapsed_s"] = time.perf_counter() - start

@@ -52,6 +52,9 @@ def test_default_config_values():
     (["rollout.vllm.gpu_memory_utilization=1.5"], "rollout.vllm.gpu_memory_utilization=1.5 is invalid"),
     (["rollout.vllm.dtype=int8"], "rollout.vllm.dtype='int8' is invalid"),
     (["ppo.tis_cap=0"], "ppo.tis_cap=0.0 is invalid: must be > 0 or null (off)"),
+    (["rollout.vllm.max_model_len=longest"], "rollout.vllm.max_model_len='longest' is invalid: allowed: auto"),
+    (["rollout.vllm.max_model_len=0"], "rollout.vllm.max_model_len=0 is invalid: allowed: auto"),
+    (["rollout.vllm.sleep=sometimes"], "rollout.vllm.sleep='sometimes' is invalid: allowed: auto"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -92,3 +95,11 @@ def test_every_experiment_preset_composes_and_validates(name):
     assert (config.rollout.temperature, config.rollout.top_p, config.ppo.clip, config.ppo.epochs) == (0.6, 0.9, 0.2, 2)
     assert config.model.dtype == "bfloat16" and config.model.name_or_path and config.sampler.name == "uniform"
     assert config.ppo.micro_batch_size and config.eval.limit and config.trainer.eval_every == 25
+
+
+def test_hf_stays_the_default_engine_and_vllm_settings_default_to_auto():
+    vllm = to_config(compose()).rollout
+    assert vllm.engine == "hf" and (vllm.vllm.max_model_len, vllm.vllm.sleep) == ("auto", "auto")
+    explicit = to_config(compose(["rollout.vllm.max_model_len=2048", "rollout.vllm.sleep=false"])).rollout.vllm
+    assert (explicit.max_model_len, explicit.sleep) == (2048, False)
+    assert to_config(compose(["rollout.vllm.max_model_len=null"])).rollout.vllm.max_model_len is None

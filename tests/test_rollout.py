@@ -7,8 +7,8 @@ from lrn.config import ArithmeticConfig, TinyModelConfig
 from lrn.engines import HFEngine, SamplingSpec, finish
 from lrn.grading import GradePool
 from lrn.models import build_char_tokenizer, build_tiny_model
-from lrn.rollout import Rollout, RolloutEngine
-from lrn.tasks import Problem, build_task
+from lrn.rollout import Rollout, RolloutEngine, longest_prompt
+from lrn.tasks import Problem, Task, build_task
 
 
 def make_engine(seed=0, **spec):
@@ -63,3 +63,15 @@ def test_finish_never_keeps_an_unsampled_pad_that_is_also_an_eos():
     assert finish([1, 2, 3, 9, 9, 9], spec, text) == ([1, 2, 3], False)
     assert finish([1, 9, 3, 9, 9, 9], spec, text) == ([1, 9], False)
     assert finish([1, 2, 1, 2, 1, 2], spec, text) == ([1, 2, 1, 2, 1, 2], True)
+
+
+def test_longest_prompt_counts_the_rendered_prompts_of_both_splits():
+    """What rollout.vllm.max_model_len=auto starts from: the character tokenizer gives one id per character."""
+    tok = build_char_tokenizer()
+    task = Task("t", [Problem("a", "1+1", "2"), Problem("b", "12+30", "42")], [Problem("c", "100-7", "93")],
+                "Q: {question}=", 9, lambda answer, gold: 0.0)
+    assert longest_prompt(task, tok) == len("Q: 12+30=") == 9
+    task.test.append(Problem("d", "1000-999", "1"))  # the held-out set counts too
+    assert longest_prompt(task, tok) == len("Q: 1000-999=") == 12
+    task.render = lambda text: f"<user>{text}</user>"  # and the chat rendering around it
+    assert longest_prompt(task, tok) == 12 + len("<user></user>") == 25

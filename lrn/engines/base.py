@@ -67,13 +67,23 @@ class Generation:
 
 
 class Engine(Protocol):
-    """Generates answers to tokenised prompts; ``on_batch(n)`` is called after each batch of n sequences."""
+    """Generates answers to tokenised prompts; ``on_batch(n)`` is called after each batch of n sequences.
+
+    ``logprobs``: also report the engine's log-prob of each sampled token, where the engine has them
+    (vLLM); an engine may skip computing them otherwise.
+    """
 
     def generate(self, prompts: Sequence[list[int]], spec: SamplingSpec,
-                 on_batch: Callable[[int], None] | None = None) -> list[Generation]: ...
+                 on_batch: Callable[[int], None] | None = None, logprobs: bool = False) -> list[Generation]: ...
 
     def sync_weights(self) -> None:
         """Make the engine generate from the policy's current weights (a no-op where it shares them)."""
+
+    def sleep(self) -> None:
+        """Release what the engine can until the next :meth:`sync_weights` (the update needs the memory)."""
+
+    def close(self) -> None:
+        """Free everything the engine holds; the run is over."""
 
 
 def finish(seq: list[int], spec: SamplingSpec, decode: Callable[[list[int]], str]) -> tuple[list[int], bool]:

@@ -50,9 +50,17 @@ class HFEngine:
     def sync_weights(self) -> None:
         """Nothing to do: generation runs on the trained weights."""
 
+    def sleep(self) -> None:
+        """Nothing to release: the engine is the policy."""
+
+    def close(self) -> None:
+        """Nothing to free: the policy belongs to the trainer."""
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[list[int]], spec: SamplingSpec,
-                 on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+                 on_batch: Callable[[int], None] | None = None, logprobs: bool = False) -> list[Generation]:
+        """Answers in the order of ``prompts``, ``batch_size`` sequences per ``generate``; ``logprobs`` is
+        ignored (the trainer scores the answers itself)."""
         pad = self.tokenizer.pad_token_id
         config = generation_config(spec, pad)
         extra = {"tokenizer": self.tokenizer} if spec.stop else {}
