@@ -95,6 +95,8 @@ def test_every_experiment_preset_composes_and_validates(name):
     assert (config.rollout.temperature, config.rollout.top_p, config.ppo.clip, config.ppo.epochs) == (0.6, 0.9, 0.2, 2)
     assert config.model.dtype == "bfloat16" and config.model.name_or_path and config.sampler.name == "uniform"
     assert config.ppo.micro_batch_size and config.eval.limit and config.trainer.eval_every == 25
+    # generation on vLLM, with a context as long as the longest prompt + the answer budget (computed at start)
+    assert config.rollout.engine == "vllm" and config.rollout.vllm.max_model_len == "auto"
 
 
 def test_hf_stays_the_default_engine_and_vllm_settings_default_to_auto():
