@@ -22,13 +22,15 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in th
 pytest.importorskip("vllm")
 
 from lrn.batch import collate  # noqa: E402
-from lrn.config import ConfigError, TinyModelConfig, VLLMConfig, compose, to_config  # noqa: E402
+from lrn.config import ArithmeticConfig, ConfigError, TinyModelConfig, VLLMConfig, compose, to_config  # noqa: E402
 from lrn.engines import HFEngine, SamplingSpec  # noqa: E402
 from lrn.engines.vllm import VLLMEngine, sleep_enabled  # noqa: E402
+from lrn.grading import GradePool  # noqa: E402
 from lrn.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from lrn.policy import Policy  # noqa: E402
 from lrn.rollout import Rollout  # noqa: E402
-from lrn.tasks import Problem  # noqa: E402
+from lrn.tasks import Problem, build_task  # noqa: E402
+from lrn.trainer import build_rollouts  # noqa: E402
 
 QUESTIONS = ("12+3=", "7-45=", "100+2000=", "9+9=", "Q: 31-4?")
 
@@ -71,6 +73,31 @@ def same(a, b):
     return [(g.completion_ids, g.truncated) for g in a] == [(g.completion_ids, g.truncated) for g in b]
 
 
+def test_the_trainers_engine_takes_a_rollout_phase_in_one_call_and_log_probs_only_when_asked():
+    """The engine as train() builds it (build_rollouts), with rollout.batch_size=2: vLLM is given the whole
+    phase at once and schedules its own batches; its context is the longest prompt + the answer budget.
+    (First in this file, so its engine is closed before the module's shared one starts.)"""
+    model, tok = varied_model()
+    task = build_task(ArithmeticConfig(train_size=20, test_per_level=2))
+    cfg = to_config(compose(["rollout.engine=vllm", "rollout.batch_size=2"]))
+    calls = []
+    rollouts = build_rollouts(cfg, Policy(model, with_value=False), tok, task, cfg.rollout.batch_size,
+                              GradePool("integer"), on_batch=calls.append)
+    try:
+        rollouts.start_step(1)
+        plain = [r for g in rollouts.rollout(task.train[:3], 4) for r in g]
+        assert calls == [12]  # one generate call, not 3 (one question of 4 answers per batch of 2)
+        assert all(r.engine_logprobs is None for r in plain)
+        rollouts.start_step(2, logprobs=True)  # ppo.tis_cap, or rollout/logprob_diff is due
+        scored = [r for g in rollouts.rollout(task.train[:3], 4) for r in g]
+        assert calls == [12, 12]
+        assert all(len(r.engine_logprobs) == len(r.completion_ids) for r in scored)
+        longest = max(len(task.prompt(p)) for p in task.train + task.test)  # one token per character
+        assert rollouts.engine.llm.llm_engine.model_config.max_model_len == longest + task.max_new_tokens
+    finally:
+        rollouts.engine.close()
+
+
 def test_pushed_weights_give_exactly_the_updated_policys_greedy_answers(setup):
     engine, model, tok, prompts = setup
     hf = HFEngine(model, tok)
@@ -99,6 +126,8 @@ def test_stop_strings_and_several_eos_ids_end_answers_as_with_hf(setup):
     stop = tok.decode(free[0][3:5])  # a two-token stop string inside answer 0
     extra_eos = free[1][4]  # a second EOS id that answer 1 reaches
     spec = greedy(tok, stop=(stop,), eos_ids=(tok.eos_token_id, extra_eos))
+    # vLLM detokenises only to find stop strings (lrn's finish() reads token ids)
+    assert engine._params(spec, 1, False).detokenize and not engine._params(greedy(tok), 1, False).detokenize
     ours, theirs = engine.generate(prompts, spec), hf.generate(prompts, spec)
     assert same(ours, theirs)
     assert stop in tok.decode(ours[0].completion_ids) and not ours[0].truncated
