@@ -28,7 +28,8 @@ class SamplingSpec:
     ``top_k=0`` and ``top_p=1`` switch those filters off; ``greedy`` takes the arg-max (the filters and
     temperature are then irrelevant). An answer ends at any of ``eos_ids`` (kept, it was sampled) or
     at a ``stop`` string (kept up to the token that completes it), else after ``max_new_tokens``
-    (truncated). ``seed`` makes an engine's draws reproducible where it supports per-request seeds.
+    (truncated). ``seed`` makes a call's draws reproducible in an engine that takes one (vLLM seeds its
+    sampler once per call with it).
     """
 
     max_new_tokens: int
