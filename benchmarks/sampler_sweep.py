@@ -75,22 +75,24 @@ def main() -> None:
         print(f"sweep took {time.perf_counter() - start:.0f} s")
     result = compare_dirs([out], by="sampler.name,trainer.batch_size", baseline=BASELINE)
     base = next(g for g in result.groups if g.baseline)
-    print(f"target {result.metric} >= {result.target:.3f} ({result.target_source})")
+    print(f"targets of {result.metric}: {result.target_source}")
     uniforms = [g for g in result.groups if "sampler.name=uniform" in g.label]
-    best = {kind: min(g.to_target[kind] for g in uniforms) for kind in ("tokens", "seconds")}
-    table = Table("group", "reached", "steps", "x", "tokens", "x", "x best uniform", "seconds", "x",
-                  "x best uniform", "s/step", "s/step vs uniform", "rollouts/step", "trained q/step", "final")
-    for g in result.groups:
-        cells = []
-        for kind in ("steps", "tokens", "seconds"):
-            mean, ratio = g.to_target[kind], g.speedup[kind]  # on the seed-mean curve, interpolated
-            cells += [fmt_amount(kind, mean), f"{ratio:.2f}" if ratio else "-"]
-            if kind in best:  # speed-up against the better of uniform and compute-matched uniform
-                cells.append(f"{best[kind] / mean:.2f}" if math.isfinite(mean) and mean > 0 else "-")
-        table.add_row(g.label, f"{g.reached}/{len(g.runs)}", *cells, f"{g.seconds_per_step:.2f}",
-                      f"{g.seconds_per_step / base.seconds_per_step:.2f}", f"{per_step(g, 'rollouts'):.0f}",
-                      f"{per_step(g, 'trained'):.1f}", f"{g.final.median:.3f}")
-    Console(width=220).print(table)
+    for i, target in enumerate(result.targets):
+        best = {kind: min(g.targets[i].to_target[kind] for g in uniforms) for kind in ("tokens", "seconds")}
+        table = Table("group", "reached", "steps", "x", "tokens", "x", "x best uniform", "seconds", "x",
+                      "x best uniform", "s/step", "s/step vs uniform", "rollouts/step", "trained q/step", "final",
+                      title=f"target {target:.4g}")
+        for g in result.groups:
+            r, cells = g.targets[i], []
+            for kind in ("steps", "tokens", "seconds"):
+                mean, ratio = r.to_target[kind], r.speedup[kind]  # on the seed-mean curve, interpolated
+                cells += [fmt_amount(kind, mean), f"{ratio.value:.2f}" if ratio else "-"]
+                if kind in best:  # speed-up against the better of uniform and compute-matched uniform
+                    cells.append(f"{best[kind] / mean:.2f}" if math.isfinite(mean) and mean > 0 else "-")
+            table.add_row(g.label, f"{r.reached}/{len(g.runs)}", *cells, f"{g.seconds_per_step:.2f}",
+                          f"{g.seconds_per_step / base.seconds_per_step:.2f}", f"{per_step(g, 'rollouts'):.0f}",
+                          f"{per_step(g, 'trained'):.1f}", f"{g.final.median:.3f}")
+        Console(width=220).print(table)
 
 if __name__ == "__main__":
     main()

@@ -51,6 +51,10 @@ class TrainState:
         default_factory=lambda: {"counts/rollouts_total": 0, "counts/tokens_generated_total": 0})
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out accuracy)
     elapsed_s: float = 0.0
+    # seconds spent evaluating and writing checkpoints so far (time/train_s leaves them out); checkpoints
+    # written before these existed load as 0: their earlier evaluations then count as training time
+    eval_s: float = 0.0
+    checkpoint_s: float = 0.0
     wandb_id: str | None = None
 
 

@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrn import distributed
 from lrn.config import CONF_DIR, Config, ConfigError, compose, to_config
+from lrn.curves import FRACTIONS
+from lrn.intervals import METHOD, METHODS
 from lrn.resume import (
     INVOCATION_KEYS,
     check_resume_config,
@@ -191,6 +193,19 @@ def train(ctx: typer.Context) -> None:
         distributed.shutdown()
 
 
+def number_list(option: str, text: str | None) -> list[float] | None:
+    """``0.3,0.35`` to numbers; exit 2 naming the option on anything else."""
+    if text is None:
+        return None
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        fail(f"{option} {text!r}: not a comma list of numbers; pass e.g. {option} 0.3,0.35")
+    if not values:
+        fail(f"{option} is empty; pass a comma list of numbers, e.g. {option} 0.3,0.35")
+    return values
+
+
 @app.command()
 def compare(
     dirs: Annotated[list[Path], typer.Argument(
@@ -202,27 +217,57 @@ def compare(
     baseline: Annotated[str, typer.Option(
         metavar="SPEC", help="key=value[,key=value] picking the baseline group; a bare group name means "
         "<group>.name.")] = "sampler=uniform",
+    reference: Annotated[str | None, typer.Option(
+        metavar="SPEC", help="A second group every ratio and difference is also given against (e.g. the "
+        "better uniform), with its own intervals; same syntax as --baseline.")] = None,
     metric: Annotated[str | None, typer.Option(
         metavar="KEY", help="Metric to compare.", show_default="the single eval/<set>/accuracy")] = None,
-    target: Annotated[float | None, typer.Option(
-        help="Target value of the metric.", show_default="best value of the baseline's seed-mean curve")
-    ] = None,
+    targets: Annotated[str | None, typer.Option(
+        metavar="X,Y,...", help="Target values of the metric, instead of the grid.",
+        show_default="--fractions of the way from the baseline's start to its plateau")] = None,
+    target: Annotated[float | None, typer.Option(help="A single target (same as --targets X).")] = None,
+    fractions: Annotated[str, typer.Option(
+        metavar="F,G,...", help="The default grid: these fractions of the way from the baseline's start (seed "
+        "mean at its first evaluation) to its plateau (mean of its seed-mean curve's last quarter).")
+    ] = ",".join(f"{f:g}" for f in FRACTIONS),
+    budget_steps: Annotated[str | None, typer.Option(
+        metavar="N,...", help="Step budgets for the metric-at-budget table.",
+        show_default="25%, 50%, 100% of the baseline's shortest seed")] = None,
+    budget_tokens: Annotated[str | None, typer.Option(
+        metavar="N,...", help="Generated-token budgets.", show_default="as for steps")] = None,
+    budget_seconds: Annotated[str | None, typer.Option(
+        metavar="S,...", help="Training-second budgets.", show_default="as for steps")] = None,
+    unpaired: Annotated[bool, typer.Option(
+        "--unpaired", help="Resample seeds within each group even where groups ran the same seeds.")] = False,
+    interval: Annotated[str, typer.Option(
+        metavar="METHOD", help=f"Speed-up interval method: {', '.join(METHODS)} (docs/compare.md: calibration).")
+    ] = METHOD,
     out: Annotated[Path | None, typer.Option(
-        help="Folder for compare.md, compare.csv and compare.png.", show_default="<first DIR>/compare")
-    ] = None,
+        help="Folder for compare.md, compare.csv, compare_budgets.csv and compare.png.",
+        show_default="<first DIR>/compare")] = None,
 ) -> None:
-    """Steps, generated tokens and seconds to a target accuracy per group of runs, and speed-ups.
+    """Steps, tokens and seconds to a grid of targets, the metric at fixed budgets, and the mean metric over
+    tokens, per group of runs, with intervals on every ratio and difference (docs/compare.md).
 
-    Runs evaluated differently (eval.limit, eval.samples, trainer.eval_every, the held-out dataset.*)
-    are refused.
+    Runs evaluated differently (eval.limit, eval.samples, trainer.eval_every, the held-out dataset.*) are refused.
     """
     from lrn.compare import CompareError, compare_dirs
     from lrn.report import print_table, write_outputs
 
+    if interval not in METHODS:
+        fail(f"--interval {interval!r} is unknown: allowed {', '.join(METHODS)}")
+    budgets = {k: v for k, v in (("steps", number_list("--budget-steps", budget_steps)),
+                                 ("tokens", number_list("--budget-tokens", budget_tokens)),
+                                 ("seconds", number_list("--budget-seconds", budget_seconds))) if v is not None}
     try:
-        result = compare_dirs(dirs, by=by, baseline=baseline, metric=metric, target=target)
+        result = compare_dirs(dirs, by=by, baseline=baseline, metric=metric, target=target,
+                              targets=number_list("--targets", targets),
+                              fractions=number_list("--fractions", fractions), budgets=budgets,
+                              reference=reference, unpaired=unpaired, method=interval)
     except CompareError as e:
         fail(str(e))
+    for warning in result.warnings:
+        typer.echo(f"lrn: {warning}", err=True)
     print_table(result)
     out = out or dirs[0] / "compare"
     try:

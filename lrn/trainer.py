@@ -6,7 +6,8 @@
 4. advantages  group baseline or GAE with the value head, scaled to unit std
 5. update      clipped-ratio PPO over epochs x mini-batches (+ value loss, KL to reference, entropy)
 6. log / eval  metrics every step, held-out greedy accuracy every ``eval_every`` steps, a checkpoint
-               every ``checkpoint_every`` steps (``lrn/checkpoint.py``; ``resume`` continues from one)
+               every ``checkpoint_every`` steps (``lrn/checkpoint.py``; ``resume`` continues from one);
+               ``time/train_s`` is the wall clock without evaluation and checkpoint writing
 
 Under ``torchrun`` / ``accelerate launch`` every rank runs this same loop (``lrn/distributed.py``):
 rollouts (evaluation's included) are sharded and all-gathered, the update is sharded and its
@@ -148,21 +149,32 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
     acc_key = f"eval/{task.name}/accuracy"
     start = time.perf_counter() - state.elapsed_s
 
+    def clock() -> dict[str, float]:
+        """The run's clocks now: wall seconds, and the same without evaluation and checkpoint writing
+        (``time/train_s``: what a sampler's cost in seconds is compared on, lrn compare)."""
+        elapsed = time.perf_counter() - start
+        return {"time/elapsed_s": elapsed, "time/train_s": elapsed - state.eval_s - state.checkpoint_s,
+                "time/checkpoint_s": state.checkpoint_s}
+
     def run_eval(step: int) -> dict[str, float]:
         t = time.perf_counter()
         eval_engine.start_step(step)
         result = evaluate(sharded(eval_engine, cfg.seed, step, 1), held_out, task.name, cfg.dataset.grader,
                           cfg.eval.samples, cfg.eval.pass_k)  # sharded across ranks and gathered
         state.history.append((step, result.metrics[acc_key]))
-        return {**result.metrics, "perf/eval_s": time.perf_counter() - t}
+        spent = time.perf_counter() - t
+        state.eval_s += spent
+        return {**result.metrics, "perf/eval_s": spent}
 
     def save_checkpoint() -> Path:
-        state.elapsed_s = time.perf_counter() - start
+        t = time.perf_counter()
+        state.elapsed_s = t - start  # saved with the clocks before this write: a resumed run leaves it out too
         path = checkpoints / f"step_{state.step}"
         if main:
             path = write_checkpoint(checkpoints, state.step, policy, tokenizer, optimizer, schedule, sampler, state,
                                     cfg.trainer.keep_checkpoints)
         distributed.barrier()  # no rank goes on (or exits) before the checkpoint is complete
+        state.checkpoint_s += time.perf_counter() - t
         return path
 
     progress = TrainProgress(cfg.trainer.steps, enabled=cfg.logger.progress and main)
@@ -170,7 +182,7 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
     try:
         with GracefulStop() as stop:
             if last_checkpoint is None:  # a new run: evaluate the starting policy
-                row = {"step": 0, **state.totals, **run_eval(0), "time/elapsed_s": time.perf_counter() - start}
+                row = {"step": 0, **state.totals, **run_eval(0), **clock()}
                 logger.log(row)
                 progress.update(0, row, acc_key)
             for step in range(state.step + 1, cfg.trainer.steps + 1):
@@ -240,7 +252,7 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
                 if eval_due:
                     row.update(run_eval(step))
                 row["perf/step_s"] = time.perf_counter() - t_step
-                row["time/elapsed_s"] = time.perf_counter() - start
+                row.update(clock())
                 logger.log(row)
                 progress.update(step, row, acc_key)
                 signum = distributed.max_int(stop.signum or 0)  # all ranks stop at the same step

@@ -55,6 +55,13 @@ def assert_same_as_uninterrupted(run_dir: Path, baseline: Path) -> None:
     assert without_timings(rows) == without_timings(read_metrics(baseline))
     elapsed = [r["time/elapsed_s"] for r in rows]
     assert elapsed == sorted(elapsed)  # the clock continues from the checkpoint
+    # and so do the seconds spent evaluating and checkpointing that time/train_s leaves out
+    evaluated = 0.0
+    for r in rows:
+        evaluated += r.get("perf/eval_s", 0.0)
+        assert r["time/elapsed_s"] - r["time/train_s"] == pytest.approx(evaluated + r["time/checkpoint_s"], abs=1e-9)
+    train = [r["time/train_s"] for r in rows]
+    assert train == sorted(train)
 
 
 @pytest.fixture
@@ -233,6 +240,22 @@ def test_damaged_checkpoints_are_skipped_with_a_warning_naming_the_file(tmp_path
     head.write_bytes(head.read_bytes()[:10])
     with pytest.raises(CheckpointError, match="no valid checkpoint"):
         latest_checkpoint(root)
+
+
+def test_checkpoints_from_before_the_training_clock_still_load(tmp_path):
+    """TrainState.eval_s and checkpoint_s came later: a checkpoint without them loads them as 0."""
+    objects = small_run_objects()
+    root = tmp_path / "checkpoints"
+    write_checkpoint(root, 4, *objects, TrainState(step=4, elapsed_s=12.5, eval_s=2.0, checkpoint_s=1.0), keep=2)
+    state_json = root / "step_4" / "state.json"
+    tree = json.loads(state_json.read_text())
+    assert (tree["trainer"].pop("eval_s"), tree["trainer"].pop("checkpoint_s")) == (2.0, 1.0)
+    state_json.write_text(json.dumps(tree))
+    manifest = json.loads((root / "step_4" / "manifest.json").read_text())
+    manifest["files"]["state.json"] = state_json.stat().st_size
+    (root / "step_4" / "manifest.json").write_text(json.dumps(manifest))
+    state = latest_checkpoint(root).state
+    assert (state.step, state.elapsed_s, state.eval_s, state.checkpoint_s) == (4, 12.5, 0.0, 0.0)
 
 
 def test_resume_overrides_and_config_changes(tmp_path):

@@ -5,34 +5,37 @@ import doctest
 import json
 import math
 import random
+import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 import lrn.curves
+import lrn.intervals
 import lrn.report
 from lrn.cli import app
-from lrn.compare import (
+from lrn.compare import compare_dirs, summarise
+from lrn.curves import Curve, mean_curve, mean_over_tokens, target_grid, to_target, value_at
+from lrn.intervals import Draws, Estimate, difference, interval, t_quantile
+from lrn.report import render_markdown
+from lrn.runs import (
     CompareError,
     Run,
     check_same_evaluation,
     choose_metric,
-    compare_dirs,
     find_baseline,
     group_runs,
     run_curve,
-    summarise,
     varying_keys,
 )
-from lrn.curves import Curve, bootstrap, default_target, mean_curve, to_target
-from lrn.report import render_markdown
 
 ACC = "eval/arithmetic/accuracy"
 STEPS = [0, 10, 20, 30, 40, 50]
 # 2 groups x 3 seeds, evaluated at STEPS. Baseline (uniform) seed mean: 0.10, 0.2333, 0.40, 0.5333,
-# 0.5833, 0.5833 -> target 1.75 / 3 = 0.5833, first reached at step 40.
+# 0.5833, 0.5833 -> its best, 1.75 / 3 = 0.5833, first reached at step 40.
 UNIFORM = [[0.10, 0.20, 0.40, 0.50, 0.60, 0.55],   # own crossing: 30 + 10 * (0.5833 - 0.5) / 0.1 = 38.33
            [0.10, 0.30, 0.50, 0.70, 0.65, 0.70],   # 20 + 10 * 0.0833 / 0.2 = 24.17
            [0.10, 0.20, 0.30, 0.40, 0.50, 0.50]]   # never
@@ -41,19 +44,28 @@ LEARN = [[0.10, 0.40, 0.60, 0.70, 0.75, 0.80],     # 10 + 10 * 0.1833 / 0.2 = 19
          [0.10, 0.50, 0.65, 0.70, 0.80, 0.85],     # 10 + 10 * 0.0833 / 0.15 = 15.56
          [0.10, 0.30, 0.50, 0.62, 0.70, 0.72]]     # 20 + 10 * 0.0833 / 0.12 = 26.94
 TARGET = 1.75 / 3
+EVAL_S = 0.25  # what make_rows logs as perf/eval_s for each evaluation
 
 
 def make_rows(evals: dict[int, float], last: int | None = None, tokens_per_step: float = 100,
-              seconds_per_step: float = 2.0, metric: str = ACC) -> list[dict]:
-    """Rows for steps 0..last: tokens = tokens_per_step*step, elapsed = seconds_per_step*step + 0.5."""
+              seconds_per_step: float = 2.0, metric: str = ACC, clock: str = "train_s") -> list[dict]:
+    """Rows for steps 0..last: tokens = tokens_per_step*step, training seconds = seconds_per_step*step + 0.5,
+    each evaluation EVAL_S more on the wall clock (``time/elapsed_s``). ``clock``: which clocks the rows
+    carry, as runs of today (``train_s``), from before time/train_s (``elapsed-eval``) or without perf/eval_s."""
     last = max(evals) if last is None else last
-    rows = []
+    rows, evaluated = [], 0.0
     for step in range(last + 1):
+        train = seconds_per_step * step + 0.5
         row = {"step": step, "counts/rollouts_total": 10 * step,
-               "counts/tokens_generated_total": tokens_per_step * step,
-               "time/elapsed_s": seconds_per_step * step + 0.5}
+               "counts/tokens_generated_total": tokens_per_step * step}
         if step in evals:
             row |= {metric: evals[step], f"{metric}/L1": 1.0}
+            evaluated += EVAL_S
+            if clock != "elapsed":
+                row["perf/eval_s"] = EVAL_S
+        row["time/elapsed_s"] = train + evaluated
+        if clock == "train_s":
+            row["time/train_s"] = train
         rows.append(row)
     return rows
 
@@ -82,13 +94,13 @@ def make_run(path: Path, rows: list[dict], **config) -> Path:
     return path
 
 
-def make_sweep(root: Path) -> Path:
+def make_sweep(root: Path, clock: str = "train_s") -> Path:
     """The 2 x 3 example as a Hydra multirun dir: uniform 100 tok/step 2 s/step, learnability 400 and 3."""
     for i, (sampler, curves, tokens, seconds) in enumerate(
             [("uniform", UNIFORM, 100, 2.0), ("learnability", LEARN, 400, 3.0)]):
         for seed, curve in enumerate(curves):
             evals = dict(zip(STEPS, curve, strict=True))
-            rows = make_rows(evals, tokens_per_step=tokens, seconds_per_step=seconds)
+            rows = make_rows(evals, tokens_per_step=tokens, seconds_per_step=seconds, clock=clock)
             make_run(root / f"{3 * i + seed}_{sampler}_s{seed}", rows, sampler=sampler, seed=seed)
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
@@ -96,13 +108,20 @@ def make_sweep(root: Path) -> Path:
 
 def mem_run(name: str, evals: dict[int, float], **config) -> Run:
     """An in-memory run (flattened config) for the pure functions."""
-    from lrn.compare import flatten
+    from lrn.runs import flatten
 
     return Run(Path(name), flatten(make_config(**config)), make_rows(evals))
 
 
+def curve_of(values: list[float], steps: list[int] = STEPS, tokens_per_step: float = 100,
+             seconds_per_step: float = 2.0) -> Curve:
+    return run_curve(make_rows(dict(zip(steps, values, strict=True)), tokens_per_step=tokens_per_step,
+                               seconds_per_step=seconds_per_step), ACC)
+
+
 def test_doctests():
-    assert doctest.testmod(lrn.curves).failed == 0 and doctest.testmod(lrn.report).failed == 0
+    for module in (lrn.curves, lrn.intervals, lrn.report):
+        assert doctest.testmod(module).failed == 0, module
 
 
 # --- steps to target ------------------------------------------------------------------------------------
@@ -111,7 +130,7 @@ UNEQUAL = {0: 0.1, 5: 0.3, 10: 0.5, 30: 0.6, 100: 0.9}  # evals at 0, 5, 10, 30,
 
 
 def hit(step: float, tokens_per_step: float = 100, seconds_per_step: float = 2.0) -> dict:
-    """What make_rows logs at a (fractional) step: tokens and seconds are linear in the step."""
+    """What make_rows logs at a (fractional) step: tokens and training seconds are linear in the step."""
     return {"steps": step, "tokens": tokens_per_step * step, "seconds": seconds_per_step * step + 0.5}
 
 
@@ -145,107 +164,196 @@ def test_seed_mean_curve_uses_the_steps_every_seed_has():
     assert mean_curve([a, a]) == a
 
 
-def test_default_target_is_best_of_baseline_seed_mean():
-    curves = [run_curve(make_rows(dict(zip(STEPS, c, strict=True))), ACC) for c in UNIFORM]
-    assert default_target(curves) == pytest.approx(TARGET)  # not the 0.60 median of the seeds' bests
-    # two seeds whose bests (0.5, 0.7) straddle their median 0.6: the mean curve's best is 0.55
-    two = [run_curve(make_rows(e), ACC) for e in ({0: 0.1, 10: 0.3, 20: 0.5}, {0: 0.1, 10: 0.7, 20: 0.6})]
-    assert default_target(two) == pytest.approx(0.55)
+# --- seconds without evaluation --------------------------------------------------------------------------
 
+def test_seconds_come_from_time_train_s_or_elapsed_less_evaluation(tmp_path):
+    new = compare_dirs([make_sweep(tmp_path / "new")], targets=[TARGET])
+    assert new.seconds.startswith("time/train_s (wall seconds without evaluation and checkpoint writing)")
+    assert new.groups[0].targets[0].to_target["seconds"] == pytest.approx(80.5)  # 2 s/step * 40 + 0.5
+    # runs from before time/train_s: elapsed minus every perf/eval_s so far gives the same seconds here
+    old = compare_dirs([make_sweep(tmp_path / "old", clock="elapsed-eval")], targets=[TARGET])
+    assert old.seconds.startswith("time/elapsed_s minus the summed perf/eval_s")
+    assert old.groups[0].targets[0].to_target == pytest.approx(new.groups[0].targets[0].to_target)
+    assert old.groups[1].seconds_per_step == pytest.approx(new.groups[1].seconds_per_step) == 150.5 / 50
+    # without perf/eval_s the wall clock is all there is: at step 40, five evaluations of 0.25 s are in it
+    bare = compare_dirs([make_sweep(tmp_path / "bare", clock="elapsed")], targets=[TARGET])
+    assert bare.seconds.startswith("time/elapsed_s (no perf/eval_s")
+    assert bare.groups[0].targets[0].to_target["seconds"] == pytest.approx(80.5 + 5 * EVAL_S)
+    assert not new.warnings[0].startswith("warning: the runs' seconds")
+    mixed = compare_dirs([tmp_path / "new", tmp_path / "old"], targets=[TARGET], by="sampler.name")
+    assert mixed.warnings[0].startswith("warning: the runs' seconds come from different clocks")
+
+
+# --- the target grid ------------------------------------------------------------------------------------
+
+GRID_STEPS = [0, 10, 20, 30, 40, 50, 60, 70]
+# seed mean 0.20, 0.25, 0.29, 0.32, 0.34, 0.35, 0.36, 0.36: start 0.20; 8 evaluations, the last quarter
+# is the last 2: plateau (0.36 + 0.36) / 2 = 0.36; 0.25, 0.5, 0.75, 0.9 of the way: 0.24, 0.28, 0.32, 0.344
+GRID_BASE = [[0.20, 0.24, 0.28, 0.30, 0.33, 0.34, 0.36, 0.34],
+             [0.20, 0.26, 0.30, 0.34, 0.35, 0.36, 0.36, 0.38]]
+
+
+def grid_sweep(root: Path) -> Path:
+    for seed, values in enumerate(GRID_BASE):
+        make_run(root / f"u{seed}", make_rows(dict(zip(GRID_STEPS, values, strict=True))), seed=seed)
+    # a faster group: the same curves at half the steps (evaluated every 5)
+    for seed, values in enumerate(GRID_BASE):
+        make_run(root / f"l{seed}", make_rows(dict(zip([s // 2 for s in GRID_STEPS], values, strict=True))),
+                 sampler="learnability", seed=seed)
+    return root
+
+
+def test_grid_from_the_baselines_start_and_plateau(tmp_path):
+    grid = target_grid(mean_curve([curve_of(v, GRID_STEPS) for v in GRID_BASE]))
+    assert (grid.start, grid.plateau, grid.plateau_points, grid.points) == pytest.approx((0.2, 0.36, 2, 8))
+    assert grid.fractions == (0.25, 0.5, 0.75, 0.9)
+    assert grid.targets == pytest.approx((0.24, 0.28, 0.32, 0.344))
+    c = compare_dirs([grid_sweep(tmp_path / "sweep")])
+    assert c.targets == pytest.approx([0.24, 0.28, 0.32, 0.344])
+    assert c.target_source.startswith("0.25, 0.5, 0.75, 0.9 of the way from the baseline's start 0.2 "
+                                      "(its seed mean at step 0) to its plateau 0.36 (the mean of its seed-mean "
+                                      "curve's last 2 of 8 evaluations)")
+    base, fast = c.groups
+    # baseline crossings: 0.24 on 0.20 -> 0.25 over 0..10: 8; 0.28 on 0.25 -> 0.29 over 10..20: 17.5;
+    # 0.32 at step 30 exactly; 0.344 on 0.34 -> 0.35 over 40..50: 44
+    assert [r.to_target["steps"] for r in base.targets] == pytest.approx([8, 17.5, 30, 44])
+    assert [r.early for r in base.targets] == [True, False, False, False]  # 8 lies between steps 0 and 10
+    assert [r.fraction for r in base.targets] == [0.25, 0.5, 0.75, 0.9]
+    # the same curves at half the steps: exactly 2x at every target, paired by seed
+    assert [r.to_target["steps"] for r in fast.targets] == pytest.approx([4, 8.75, 15, 22])
+    assert fast.pairing == "paired"
+    for r in fast.targets:
+        assert (r.speedup["steps"].value, r.speedup["steps"].lo, r.speedup["steps"].hi) == pytest.approx((2, 2, 2))
+        assert r.speedup["tokens"].value == pytest.approx(2)  # 100 tokens per step in both
+
+
+def test_no_grid_when_the_baseline_does_not_rise(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path / f"u{seed}", make_rows({0: 0.3, 10: 0.3, 20: 0.25}), seed=seed)
+    with pytest.raises(CompareError, match=r"plateau \(0.25, mean of its last 1 evaluation\(s\)\) is not above "
+                                           r"its start \(0.3\): .* set targets with --targets"):
+        compare_dirs([tmp_path])
+    assert compare_dirs([tmp_path], targets=[0.3]).groups[0].targets[0].to_target["steps"] == 0
+
+
+# --- two groups at one target ---------------------------------------------------------------------------
 
 def test_two_groups_three_seeds_speedups(tmp_path):
-    c = compare_dirs([make_sweep(tmp_path / "sweep")])
-    assert c.metric == ACC and c.target == pytest.approx(TARGET) and c.keys == ["sampler.name"]
-    assert c.baseline == "sampler.name=uniform"
+    c = compare_dirs([make_sweep(tmp_path / "sweep")], targets=[TARGET])
+    assert c.metric == ACC and c.targets == pytest.approx([TARGET]) and c.keys == ["sampler.name"]
+    assert c.baseline == "sampler.name=uniform" and c.grid is None and c.target_source == "given with --targets"
     base, learn = c.groups  # baseline first
     assert (base.label, learn.label) == ("sampler.name=uniform", "sampler.name=learnability")
+    b, m = base.targets[0], learn.targets[0]
     # the seed means: uniform first reaches the target at step 40, learnability at step 20
-    assert base.to_target == pytest.approx(hit(40))
-    assert learn.to_target == pytest.approx(hit(20, 400, 3.0))
-    assert base.reached == 2 and learn.reached == 3
-    assert base.per_seed["steps"] == pytest.approx([38 + 1 / 3, 24 + 1 / 6, math.inf])
-    assert learn.per_seed["steps"] == pytest.approx([19 + 1 / 6, 15 + 5 / 9, 26 + 17 / 18])
-    assert learn.per_seed["tokens"] == pytest.approx([400 * s for s in learn.per_seed["steps"]])
-    assert learn.speedup["steps"] == pytest.approx(2.0)  # 40 / 20
-    assert learn.speedup["tokens"] == pytest.approx(0.5)  # 4000 / 8000: screening costs 4x tokens per step
-    assert learn.speedup["seconds"] == pytest.approx(80.5 / 60.5)  # 1.3306
-    assert base.speedup == pytest.approx({"steps": 1.0, "tokens": 1.0, "seconds": 1.0})
-    assert base.interval == {"steps": None, "tokens": None, "seconds": None}  # 1 by definition
-    for kind, (lo, hi) in learn.interval.items():
-        assert lo <= learn.speedup[kind] <= hi, kind
-    assert learn.interval == compare_dirs([tmp_path / "sweep"]).groups[1].interval  # fixed RNG seed
+    assert b.to_target == pytest.approx(hit(40))
+    assert m.to_target == pytest.approx(hit(20, 400, 3.0))
+    assert b.reached == 2 and m.reached == 3 and not b.early and not m.early
+    assert b.per_seed["steps"] == pytest.approx([38 + 1 / 3, 24 + 1 / 6, math.inf])
+    assert m.per_seed["steps"] == pytest.approx([19 + 1 / 6, 15 + 5 / 9, 26 + 17 / 18])
+    assert m.per_seed["tokens"] == pytest.approx([400 * s for s in m.per_seed["steps"]])
+    assert m.speedup["steps"].value == pytest.approx(2.0)  # 40 / 20
+    assert m.speedup["tokens"].value == pytest.approx(0.5)  # 4000 / 8000: screening costs 4x tokens per step
+    assert m.speedup["seconds"].value == pytest.approx(80.5 / 60.5)  # 1.3306
+    assert b.speedup == {k: Estimate(1.0) for k in ("steps", "tokens", "seconds")}  # 1 by definition
+    assert (base.pairing, learn.pairing) == ("", "paired")  # both ran seeds 0, 1, 2
+    for kind, e in m.speedup.items():
+        assert e.lo <= e.value <= e.hi, kind
+    assert m.speedup == compare_dirs([tmp_path / "sweep"], targets=[TARGET]).groups[1].targets[0].speedup
     assert (learn.final.median, learn.final.lo, learn.final.hi) == (0.80, 0.72, 0.85)
     assert (base.final.median, base.best.median, base.best.hi) == (0.55, 0.60, 0.70)
-    assert base.seconds_per_step == pytest.approx(100.5 / 50)  # elapsed at step 50 / 50
+    assert base.seconds_per_step == pytest.approx(100.5 / 50)  # training seconds at step 50 / 50
     assert learn.seconds_per_step == pytest.approx(150.5 / 50)
 
 
 def test_target_not_reached_by_the_baseline(tmp_path):
-    c = compare_dirs([make_sweep(tmp_path / "sweep")], target=0.68)
-    base, learn = c.groups
+    c = compare_dirs([make_sweep(tmp_path / "sweep")], target=0.68)  # --target: one target
+    (b,), (m,) = (g.targets for g in c.groups)
     # uniform's seed mean peaks at 0.5833: never; its seed 1 gets there at 20 + 10 * 0.18 / 0.2 = 29
-    assert base.reached == 1 and math.isinf(base.to_target["steps"])
-    assert base.per_seed["steps"] == pytest.approx([math.inf, 29, math.inf])
+    assert b.reached == 1 and math.isinf(b.to_target["steps"])
+    assert b.per_seed["steps"] == pytest.approx([math.inf, 29, math.inf])
     # learnability's seed mean: 0.6733 at 30, 0.75 at 40 -> 30 + 10 * 0.0067 / 0.0767 = 30.87; no speed-up
-    assert learn.to_target["steps"] == pytest.approx(30 + 10 * (0.68 - 2.02 / 3) / (0.75 - 2.02 / 3))
-    assert learn.speedup["steps"] is None and learn.interval["steps"] is None
+    assert m.to_target["steps"] == pytest.approx(30 + 10 * (0.68 - 2.02 / 3) / (0.75 - 2.02 / 3))
+    assert m.speedup["steps"] is None and b.speedup["steps"] is None
     md = render_markdown(c)
-    assert "| sampler.name=uniform (baseline) | 3 | 1/3 | not reached | ∞, 29, ∞ | ∞ | ∞ | — | — | — |" in md
-    assert "| sampler.name=learnability | 3 | 3/3 | 30.9 | 28, 26, 37.5 | 12.3k | 93.1s | — |" in md
-
-
-def even_sweep(root: Path) -> Path:
-    """2 seeds per group whose bests straddle each other (the old median-of-bests target was unreachable)."""
-    curves = {"uniform": [[0.1, 0.3, 0.5, 0.5], [0.1, 0.7, 0.6, 0.6]],       # mean 0.1, 0.5, 0.55, 0.55
-              "learnability": [[0.1, 0.4, 0.7, 0.8], [0.1, 0.6, 0.7, 0.8]]}  # mean 0.1, 0.5, 0.7, 0.8
-    for i, (sampler, pair) in enumerate(curves.items()):
-        for seed, curve in enumerate(pair):
-            rows = make_rows(dict(zip(STEPS[:4], curve, strict=True)), tokens_per_step=100 * 4 ** i,
-                             seconds_per_step=2.0 + i)
-            make_run(root / f"{2 * i + seed}_{sampler}_s{seed}", rows, sampler=sampler, seed=seed)
-    return root
-
-
-def test_even_seeds_baseline_reaches_its_own_target(tmp_path):
-    c = compare_dirs([even_sweep(tmp_path / "sweep")])
-    base, learn = c.groups
-    assert c.target == pytest.approx(0.55)
-    assert base.to_target == pytest.approx(hit(20)) and base.speedup == pytest.approx(dict.fromkeys(hit(0), 1.0))
-    assert base.per_seed["steps"] == pytest.approx([math.inf, 7.5])  # seed 1: 0.1 -> 0.7 over 0..10
-    # learnability's mean: 0.5 at 10, 0.7 at 20 -> 12.5 steps, 5000 tokens, 38 s; seeds at 15 and 9
-    assert learn.to_target == pytest.approx(hit(12.5, 400, 3.0))
-    assert learn.per_seed["steps"] == pytest.approx([15, 9])
-    assert learn.speedup == pytest.approx({"steps": 1.6, "tokens": 0.4, "seconds": 40.5 / 38})
-    # Resamples by hand: the baseline {u0,u0}, {u1,u1}, {u0,u1} (p = 1/4, 1/4, 1/2) set the target to 0.5,
-    # 0.7, 0.55, reached at 20, 10, 20; learnability's resamples then take 13.3 / 8 / 10, 20 / 20 / 20 or
-    # 15 / 9 / 12.5 steps: ratios 1.5, 2.5, 2 (p 1/16, 1/16, 1/8), 0.5 (p 1/4), 1.33, 2.22, 1.6 (p 1/8,
-    # 1/8, 1/4). The 2.5% and 97.5% points are 0.5 and 2.5.
-    assert learn.interval["steps"] == pytest.approx((0.5, 2.5))
-    # one seed each: every resample is the same pair, 20 / (10 + 10 * 0.1 / 0.3) = 1.5
-    one = bootstrap([run_curve(base.runs[0].rows, ACC)], [run_curve(learn.runs[0].rows, ACC)], None)
-    assert one["steps"] == pytest.approx((1.5, 1.5))
-
-
-def test_cli_two_seeds_shows_interpolation_and_intervals(tmp_path):
-    result = invoke(even_sweep(tmp_path / "sweep"))
-    assert result.exit_code == 0, result.output
-    md = (tmp_path / "sweep" / "compare" / "compare.md").read_text()
-    assert "| sampler.name=uniform (baseline) | 2 | 1/2 | 20 | ∞, 7.5 | 2k | 40.5s | 1.00× | 1.00× | 1.00× |" in md
-    assert "| sampler.name=learnability | 2 | 2/2 | 12.5 | 15, 9 | 5k | 38.0s | 1.60× [0.50–2.50] |" in md
-    assert "steps to target (interp.)" in md and "95% percentile bootstrap interval" in md
-    assert "1.60× [0.50–2.50]" in result.stdout and "interp." in result.stdout
-    header = next(csv.reader((tmp_path / "sweep" / "compare" / "compare.csv").open()))
-    assert {"steps_to_target_interp", "steps_to_target_interp_per_seed", "speedup_steps_ci95_lo"} <= set(header)
+    assert "| sampler.name=uniform (baseline) | 0.68 | 1/3 | not reached | ∞, 29, ∞ | ∞ | ∞ | — | — | — |" in md
+    assert "| sampler.name=learnability | 0.68 | 3/3 | 30.9 | 28, 26, 37.5 | 12.3k | 93.1s | — | — | — |" in md
 
 
 def test_summaries_of_groups_with_different_evaluation_steps():
-    groups = {"a": [mem_run("a0", {0: 0.1, 10: 0.8}), mem_run("a1", {0: 0.1, 10: 0.5, 20: 0.8})],
-              "b": [mem_run("b0", {0: 0.1, 5: 0.2, 10: 0.8}), mem_run("b1", {0: 0.1, 10: 0.4})]}
-    a, b = summarise(groups, "a", ACC, 0.6)
+    groups = {"a": [mem_run("a0", {0: 0.1, 10: 0.8}), mem_run("a1", {0: 0.1, 10: 0.5, 20: 0.8}, seed=1)],
+              "b": [mem_run("b0", {0: 0.1, 5: 0.2, 10: 0.8}), mem_run("b1", {0: 0.1, 10: 0.4}, seed=1)]}
+    a, b = summarise(groups, "a", ACC, [0.6]).groups
     # a's mean on its common steps 0, 10: 0.1, 0.65 -> 0.6 at 10 * 0.5 / 0.55; b's: 0.1, 0.6 -> 10
-    assert a.to_target["steps"] == pytest.approx(100 / 11) and b.to_target["steps"] == pytest.approx(10)
-    assert a.per_seed["steps"] == pytest.approx([100 / 14, 10 + 10 / 3]) and b.reached == 1
-    assert b.speedup["steps"] == pytest.approx(10 / 11)
+    assert a.targets[0].to_target["steps"] == pytest.approx(100 / 11)
+    assert b.targets[0].to_target["steps"] == pytest.approx(10)
+    assert a.targets[0].per_seed["steps"] == pytest.approx([100 / 14, 10 + 10 / 3]) and b.targets[0].reached == 1
+    assert b.targets[0].speedup["steps"].value == pytest.approx(10 / 11)
+
+
+# --- budgets and the area under metric vs tokens ----------------------------------------------------------
+
+def test_value_at_a_budget_by_hand():
+    c = curve_of(LEARN[0], tokens_per_step=400, seconds_per_step=3.0)  # 0.10, 0.40, 0.60 at steps 0, 10, 20
+    assert value_at(c, "steps", 12.5) == pytest.approx(0.45)  # a quarter of the way from 0.40 to 0.60
+    assert value_at(c, "tokens", 1250) == pytest.approx(0.19375)  # step 3.125: 0.10 + 0.3125 * 0.30
+    assert value_at(c, "seconds", 30.5) == pytest.approx(0.40)  # 3 s/step + 0.5: step 10 exactly
+    assert math.isnan(value_at(c, "steps", 50.5)) and math.isnan(value_at(c, "seconds", 0.4))  # not extrapolated
+
+
+def test_metric_at_default_budgets(tmp_path):
+    c = compare_dirs([make_sweep(tmp_path / "sweep")], targets=[TARGET])
+    # 25%, 50%, 100% of the baseline's shortest seed: 50 steps, 5000 tokens, 100.5 training seconds
+    assert c.budgets == {"steps": [(12.5, 0.25), (25, 0.5), (50, 1.0)],
+                         "tokens": [(1250, 0.25), (2500, 0.5), (5000, 1.0)],
+                         "seconds": [(25.125, 0.25), (50.25, 0.5), (100.5, 1.0)]}
+    base, learn = c.groups
+    at = {(r.kind, r.budget): r for r in learn.budgets}
+    mine = at["tokens", 1250]  # learnability's step 3.125: 0.10 + 0.3125 * (0.40, 0.50, 0.30 - 0.10)
+    assert mine.per_seed == pytest.approx([0.19375, 0.225, 0.1625])
+    assert mine.accuracy.value == pytest.approx(0.19375)
+    theirs = next(r for r in base.budgets if (r.kind, r.budget) == ("tokens", 1250))
+    assert theirs.per_seed == pytest.approx([0.25, 0.35, 0.225])  # uniform's step 12.5
+    diffs = [0.19375 - 0.25, 0.225 - 0.35, 0.1625 - 0.225]  # paired: seed by seed
+    half = t_quantile(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert (mine.delta.value, mine.delta.lo, mine.delta.hi) == pytest.approx(
+        (statistics.fmean(diffs), statistics.fmean(diffs) - half, statistics.fmean(diffs) + half))
+    assert theirs.delta is None  # the baseline against itself
+    # seconds: 100.5 s is learnability's step 33.33: 0.70 + (1/3) * 0.05, 0.70 + (1/3) * 0.10, 0.62 + (1/3) * 0.08
+    assert at["seconds", 100.5].per_seed == pytest.approx([0.70 + 0.05 / 3, 0.70 + 0.1 / 3, 0.62 + 0.08 / 3])
+    assert at["steps", 50].per_seed == pytest.approx([0.80, 0.85, 0.72])  # its final values
+
+
+def test_budget_beyond_a_run_is_not_extrapolated(tmp_path):
+    c = compare_dirs([make_sweep(tmp_path / "sweep")], targets=[TARGET], budgets={"tokens": [10000]})
+    assert c.budgets["tokens"] == [(10000, None)] and c.budgets["steps"][0] == (12.5, 0.25)  # the others: default
+    base, learn = c.groups
+    (mine,) = [r for r in learn.budgets if r.kind == "tokens"]
+    (theirs,) = [r for r in base.budgets if r.kind == "tokens"]
+    assert all(math.isnan(v) for v in theirs.per_seed) and theirs.accuracy is None  # uniform ends at 5000
+    assert mine.per_seed == pytest.approx([0.65, 0.675, 0.56])  # learnability's step 25
+    assert mine.delta is None  # nothing to subtract
+    md = render_markdown(c)
+    assert "| 10k tokens | sampler.name=uniform (baseline) | 0/3 | — | — |" in md
+    assert "| 10k tokens | sampler.name=learnability | 3/3 | 0.628 [" in md
+
+
+def test_mean_metric_over_the_common_token_range(tmp_path):
+    # uniform's seed 0 over its 5000 tokens (steps 0..50, evaluations evenly spaced): trapezoids
+    # (0.10/2 + 0.20 + 0.40 + 0.50 + 0.60 + 0.55/2) / 5 = 0.405
+    assert mean_over_tokens(curve_of(UNIFORM[0]), 0, 5000) == pytest.approx(0.405)
+    # learnability's seed 0 over the same 5000 tokens = its steps 0..12.5: 0.10 -> 0.40 over 4000 tokens,
+    # 0.40 -> 0.45 over the last 1000: (1000 + 425) / 5000
+    assert mean_over_tokens(curve_of(LEARN[0], tokens_per_step=400), 0, 5000) == pytest.approx(0.285)
+    assert math.isnan(mean_over_tokens(curve_of(UNIFORM[0]), 0, 5001))  # beyond the run
+    c = compare_dirs([make_sweep(tmp_path / "sweep")], targets=[TARGET])
+    assert c.area_range == (0, 5000)  # every run starts at 0 tokens; uniform's end at 5000 first
+    base, learn = c.groups
+    assert base.area_per_seed[0] == pytest.approx(0.405) and learn.area_per_seed[0] == pytest.approx(0.285)
+    assert base.area.value == pytest.approx(statistics.fmean(base.area_per_seed))
+    expected = difference(learn.area_per_seed, base.area_per_seed, paired=True)
+    assert learn.area_delta == expected and expected.value < 0  # 4x the tokens per step: less per token
+    assert base.area_delta is None
 
 
 def test_mixed_evaluation_settings_are_refused():
@@ -322,38 +430,189 @@ def test_choose_metric():
         choose_metric([*runs, other], ACC)
 
 
+
+
+# --- intervals and pairing --------------------------------------------------------------------------------
+
+def even_sweep(root: Path, learn_seeds: tuple[int, int] = (0, 1)) -> Path:
+    """2 seeds per group whose bests straddle each other."""
+    curves = {"uniform": [[0.1, 0.3, 0.5, 0.5], [0.1, 0.7, 0.6, 0.6]],       # mean 0.1, 0.5, 0.55, 0.55
+              "learnability": [[0.1, 0.4, 0.7, 0.8], [0.1, 0.6, 0.7, 0.8]]}  # mean 0.1, 0.5, 0.7, 0.8
+    for i, (sampler, pair) in enumerate(curves.items()):
+        for j, curve in enumerate(pair):
+            seed = learn_seeds[j] if sampler == "learnability" else j
+            rows = make_rows(dict(zip(STEPS[:4], curve, strict=True)), tokens_per_step=100 * 4 ** i,
+                             seconds_per_step=2.0 + i)
+            make_run(root / f"{2 * i + j}_{sampler}_s{seed}", rows, sampler=sampler, seed=seed)
+    return root
+
+
+def test_paired_and_unpaired_bootstrap_by_hand(tmp_path):
+    c = compare_dirs([even_sweep(tmp_path / "sweep")], targets=[0.55], method="percentile")
+    (b,), (m,) = (g.targets for g in c.groups)
+    assert b.to_target == pytest.approx(hit(20)) and b.per_seed["steps"] == pytest.approx([math.inf, 7.5])
+    # learnability's mean: 0.5 at 10, 0.7 at 20 -> 12.5 steps, 5000 tokens, 38 s; seeds at 15 and 9
+    assert m.to_target == pytest.approx(hit(12.5, 400, 3.0)) and m.per_seed["steps"] == pytest.approx([15, 9])
+    assert m.speedup["steps"].value == pytest.approx(1.6)
+    md = render_markdown(c)
+    assert "| sampler.name=uniform (baseline) | 0.55 | 1/2 | 20 | ∞, 7.5 | 2k | 40.5s | 1.00× | 1.00× | 1.00× |" in md
+    # tokens: 2000 / 5000 = 0.4 (resamples inf, 750 / 3600 = 0.21, 0.4); seconds: 40.5 / 38 (inf, 15.5 / 27.5)
+    assert ("| sampler.name=learnability | 0.55 | 2/2 | 12.5 | 15, 9 | 5k | 38.0s | 1.60× [0.83–∞] | 0.40× [0.21–∞] | "
+            "1.07× [0.56–∞] |") in md
+    assert "percentile bootstrap interval, seeds resampled 2000 times" in md
+    # Paired resamples (seed indices drawn once for both groups): {0,0} (p 1/4): uniform's seed 0 never
+    # reaches 0.55 -> inf; {1,1} (p 1/4): 7.5 / 9 = 0.833; {0,1} (p 1/2): 20 / 12.5 = 1.6. The 2.5% and
+    # 97.5% points: 0.833 and inf.
+    assert c.groups[1].pairing == "paired"
+    assert (m.speedup["steps"].lo, m.speedup["steps"].hi) == pytest.approx((7.5 / 9, math.inf))
+    # Unpaired, uniform's resamples take inf (p 1/4), 7.5 (1/4) or 20 (1/2) steps and learnability's,
+    # independently, 15 (1/4), 9 (1/4) or 12.5 (1/2): the smallest ratio 7.5 / 15 = 0.5 has p 1/16 > 2.5%.
+    unpaired = compare_dirs([tmp_path / "sweep"], targets=[0.55], method="percentile", unpaired=True)
+    assert unpaired.groups[1].pairing == "unpaired"
+    e = unpaired.groups[1].targets[0].speedup["steps"]
+    assert (e.value, e.lo, e.hi) == pytest.approx((1.6, 0.5, math.inf))
+    # other seeds: unpaired without being asked, the same resamples
+    other = compare_dirs([even_sweep(tmp_path / "other", learn_seeds=(5, 6))], targets=[0.55], method="percentile")
+    assert other.groups[1].pairing == "unpaired" and other.groups[1].targets[0].speedup["steps"] == e
+
+
+# Three seeds with a strong seed effect (seed 0 learns fast, seed 2 slowly), evaluated every 10 steps.
+SEEDY = [[0.10, 0.30, 0.50, 0.60, 0.65, 0.70, 0.72, 0.74, 0.75, 0.76, 0.76],
+         [0.10, 0.15, 0.25, 0.35, 0.45, 0.52, 0.58, 0.63, 0.67, 0.70, 0.72],
+         [0.10, 0.12, 0.15, 0.20, 0.25, 0.30, 0.36, 0.42, 0.48, 0.53, 0.57]]
+
+
+def test_pairing_cancels_a_seed_effect_both_groups_share(tmp_path):
+    """The other group's seed i is baseline seed i at twice the speed (its curve at half the steps): the
+    seed's luck is the same in both, so every paired resample gives exactly 2; resampled independently,
+    a resample can pair slow baseline seeds with fast ones, and the interval spans the seeds' spread."""
+    for seed, values in enumerate(SEEDY):
+        make_run(tmp_path / f"u{seed}", make_rows(dict(zip(range(0, 101, 10), values, strict=True))), seed=seed)
+        make_run(tmp_path / f"l{seed}", make_rows(dict(zip(range(0, 51, 5), values, strict=True))),
+                 sampler="learnability", seed=seed)
+    # the baseline's mean: 0.3833 at 30, 0.45 at 40 -> 0.4 at 32.5; the other group's at 16.25
+    for method in ("t", "percentile"):
+        paired = compare_dirs([tmp_path], targets=[0.4], method=method).groups[1]
+        e = paired.targets[0].speedup["steps"]
+        assert paired.pairing == "paired" and (e.value, e.lo, e.hi) == pytest.approx((2, 2, 2)), method
+        assert paired.targets[0].to_target["steps"] == pytest.approx(16.25)
+        unpaired = compare_dirs([tmp_path], targets=[0.4], method=method, unpaired=True).groups[1]
+        u = unpaired.targets[0].speedup["steps"]
+        assert u.value == pytest.approx(2) and u.lo < 1.5 and u.hi > 3, (method, u)
+
+
+def test_t_interval_on_the_log_ratio_by_hand():
+    # resampled log-ratios spread like a normal sample with sd 0.1 around log 2
+    n = 10_000
+    boot = math.log(2) + 0.1 * np.array([lrn.intervals.NORMAL.inv_cdf((i + 0.5) / n) for i in range(n)])
+    d = Draws(math.log(2), boot, [], [5], None)  # paired, 5 seeds
+    # t with 4 degrees of freedom (2.776) times the bootstrap sd scaled by sqrt(5 / 4)
+    half = 2.776 * 0.1 * math.sqrt(5 / 4)
+    assert interval(d, "t") == pytest.approx((2 * math.exp(-half), 2 * math.exp(half)), rel=2e-3)
+    assert interval(d, "percentile") == pytest.approx((2 * math.exp(-0.196), 2 * math.exp(0.196)), rel=2e-3)
+    # unpaired: each group's share of the variance, Welch's degrees of freedom (here 2 x 4 = 8: 2.306)
+    parts = [boot / math.sqrt(2), boot / math.sqrt(2)]
+    u = Draws(math.log(2), boot, [], [5, 5], [p - p.mean() for p in parts])
+    half = 2.306 * 0.1 * math.sqrt(5 / 4)
+    assert interval(u, "t") == pytest.approx((2 * math.exp(-half), 2 * math.exp(half)), rel=2e-3)
+
+
+# --- a second reference group --------------------------------------------------------------------------
+
+def test_every_ratio_and_difference_also_against_a_reference(tmp_path):
+    c = compare_dirs([make_sweep(tmp_path / "sweep")], targets=[TARGET], reference="sampler=learnability")
+    assert c.reference == "sampler.name=learnability"
+    base, learn = c.groups
+    assert learn.reference and not base.reference
+    # uniform against learnability: 20 / 40 steps, paired (same seeds), with an interval around it
+    e = base.targets[0].vs_reference["steps"]
+    assert e.value == pytest.approx(0.5) and e.lo < 0.5 < e.hi and base.pairing_reference == "paired"
+    assert learn.targets[0].vs_reference["steps"] == Estimate(1.0)
+    # uniform - learnability at 1250 tokens: 0.275 - 0.19375, seed by seed
+    r = next(x for x in base.budgets if (x.kind, x.budget) == ("tokens", 1250))
+    assert r.delta_reference.value == pytest.approx(0.275 - 0.19375) and r.delta_reference.lo is not None
+    assert base.area_delta_reference.value == pytest.approx(-learn.area_delta.value)
+    md = render_markdown(c)
+    assert "speed-up steps × reference" in md and "Δ vs reference" in md
+    assert "| sampler.name=learnability (reference) | 0.5833 | 3/3 | 20 |" in md
+
+
 # --- CLI ------------------------------------------------------------------------------------------------
 
 def invoke(*args: str):
     return CliRunner().invoke(app, ["compare", *map(str, args)])
 
 
-def test_cli_prints_table_and_writes_files(tmp_path):
+def test_cli_warns_under_five_seeds(tmp_path):
+    result = invoke(make_sweep(tmp_path / "sweep"))
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines == [f"lrn: warning: group sampler.name={s} has 3 seed(s), fewer than 5: its intervals are wide "
+                     "and rest on few degrees of freedom (docs/compare.md: coverage)"
+                     for s in ("uniform", "learnability")]
+    assert "**warning: group sampler.name=uniform has 3 seed(s)" in (tmp_path / "sweep/compare/compare.md").read_text()
+    five = tmp_path / "five"
+    extra = [[0.10, 0.25, 0.45, 0.55, 0.60, 0.60], [0.10, 0.20, 0.35, 0.50, 0.55, 0.60]]
+    for seed, values in enumerate(UNIFORM + extra):
+        make_run(five / f"u{seed}", make_rows(dict(zip(STEPS, values, strict=True))), seed=seed)
+        make_run(five / f"l{seed}", make_rows(dict(zip(STEPS, values, strict=True))), sampler="learnability",
+                 seed=seed)
+    result = invoke(five)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+
+
+def test_cli_grid_table_and_csv_rows(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    result = invoke(sweep)
+    assert result.exit_code == 0, result.output
+    # uniform's seed mean 0.10 ... 0.5833, 0.5833: plateau 0.5833 (last 2 of 6), start 0.10
+    targets = [0.1 + f * (1.75 / 3 - 0.1) for f in (0.25, 0.5, 0.75, 0.9)]
+    rows = list(csv.DictReader((sweep / "compare" / "compare.csv").open()))
+    assert [r["group"] for r in rows] == ["sampler.name=uniform", "sampler.name=learnability"] * 4
+    assert [float(r["target"]) for r in rows] == pytest.approx([t for t in targets for _ in range(2)])
+    assert [float(r["target_fraction"]) for r in rows] == [f for f in (0.25, 0.5, 0.75, 0.9) for _ in range(2)]
+    # uniform: 0.1 -> 0.2333 over 0..10 reaches 0.2208 at 9.0625; 0.3417 at 10 + 10 * 0.1083 / 0.1667 = 16.5;
+    # learnability: 0.1 -> 0.4 over 0..10: 4.03 and 8.06
+    steps = [float(r["steps_to_target_interp"]) for r in rows]
+    assert steps[:4] == pytest.approx([9.0625, 3.625 / 0.9, 16.5, 7.25 / 0.9])
+    assert [r["early_crossing"] for r in rows[:4]] == ["True", "True", "False", "True"]
+    # uniform's seeds at 0.3417: 10 + 10 * 0.1417 / 0.2, 10 + 10 * 0.0417 / 0.2, 20 + 10 * 0.0417 / 0.1
+    per_seed = [float(v) for v in rows[2]["steps_to_target_interp_per_seed"].split(";")]
+    assert per_seed == pytest.approx([17 + 1 / 12, 12 + 1 / 12, 24 + 1 / 6])
+    assert float(rows[3]["speedup_steps"]) == pytest.approx(16.5 / (7.25 / 0.9))
+    assert float(rows[3]["speedup_steps_lo"]) <= float(rows[3]["speedup_steps"]) <= float(rows[3]["speedup_steps_hi"])
+    assert rows[0]["speedup_steps_lo"] == "" and rows[0]["pairing"] == "" and rows[1]["pairing"] == "paired"
+    assert {r["interval_method"] for r in rows} == {"t"} and {r["seeds"] for r in rows} == {"0;1;2"}
+    budgets = list(csv.DictReader((sweep / "compare" / "compare_budgets.csv").open()))
+    assert [(r["kind"], float(r["budget"]), r["group"][13:]) for r in budgets[:4]] == [
+        ("steps", 12.5, "uniform"), ("steps", 12.5, "learnability"), ("steps", 25, "uniform"),
+        ("steps", 25, "learnability")]
+    assert len(budgets) == 18 and float(budgets[7]["value"]) == pytest.approx(0.19375)  # tokens 1250
+    md = (sweep / "compare" / "compare.md").read_text()
+    assert "| sampler.name=learnability | 0.2208 (0.25) | 3/3 | 4* |" in md
+    assert "t interval on the log speed-up, its standard error from the bootstrap" in md
+    png = (sweep / "compare" / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "targets 0.2208, 0.3417, 0.4625, 0.535" in result.stdout and "4*" in result.stdout
+
+
+def test_cli_options(tmp_path):
     sweep = make_sweep(tmp_path / "sweep")
     extra = make_run(tmp_path / "extra", make_rows(dict(zip(STEPS, [0.1, 0.2, 0.5, 0.6, 0.7, 0.9], strict=True)),
                                                    tokens_per_step=400, seconds_per_step=3.0),
-                     sampler="learnability", seed=3)  # a run dir next to a sweep dir
-    result = invoke(sweep, extra)
+                     sampler="learnability", seed=3)  # a run dir next to a sweep dir: learnability seeds 0-3
+    result = invoke(sweep, extra, "--targets", "0.3,0.5", "--reference", "sampler=learnability", "--budget-steps",
+                    "10,20", "--out", tmp_path / "o", "--interval", "percentile")
     assert result.exit_code == 0, result.output
-    out = sweep / "compare"
-    # learnability's 4-seed mean: 0.5625 at 20, 0.655 at 30 -> 20 + 10 * 0.0208 / 0.0925 = 22.25 steps
-    steps = 20 + 10 * (TARGET - 0.5625) / (0.655 - 0.5625)
-    for text in ("sampler.name=uniform (baseline)", "sampler.name=learnability", "2/3", "4/4", "target 0.5833",
-                 "22.3", "1.80×", str(out / "compare.png")):
-        assert text in result.stdout, text
-    rows = list(csv.DictReader((out / "compare.csv").open()))
-    assert [r["group"] for r in rows] == ["sampler.name=uniform", "sampler.name=learnability"]
-    assert float(rows[1]["steps_to_target_interp"]) == pytest.approx(steps)
-    assert rows[0]["steps_to_target_interp_per_seed"].endswith(";inf")
-    assert float(rows[1]["speedup_steps"]) == pytest.approx(40 / steps)
-    assert float(rows[1]["speedup_steps_ci95_lo"]) <= 40 / steps <= float(rows[1]["speedup_steps_ci95_hi"])
-    assert rows[0]["speedup_steps_ci95_lo"] == ""  # the baseline against itself: 1 by definition
-    assert "| sampler.name=learnability | 4 | 4/4 | 22.3 | 19.2, 15.6, 26.9, 28.3 |" in (out / "compare.md").read_text()
-    png = (out / "compare.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    result = invoke(sweep, "--target", "0.68", "--out", tmp_path / "o", "--by", "sampler.name")
+    rows = list(csv.DictReader((tmp_path / "o" / "compare.csv").open()))
+    assert [float(r["target"]) for r in rows] == [0.3, 0.3, 0.5, 0.5] and rows[0]["target_fraction"] == ""
+    assert rows[0]["pairing_reference"] == "unpaired"  # seeds 0-2 against 0-3
+    assert "speedup_steps_vs_reference_lo" in rows[0] and {r["interval_method"] for r in rows} == {"percentile"}
+    budgets = list(csv.DictReader((tmp_path / "o" / "compare_budgets.csv").open()))
+    assert [float(r["budget"]) for r in budgets if r["kind"] == "steps"] == [10, 10, 20, 20]
+    result = invoke(sweep, "--target", "0.68", "--out", tmp_path / "p", "--by", "sampler.name")
     assert result.exit_code == 0 and "not reached" in result.stdout
-    assert (tmp_path / "o" / "compare.csv").exists()
+    assert (tmp_path / "p" / "compare.csv").exists()
 
 
 def broken_cases(tmp_path: Path) -> dict[str, tuple[list, str]]:
@@ -367,6 +626,9 @@ def broken_cases(tmp_path: Path) -> dict[str, tuple[list, str]]:
     (bad / "metrics.jsonl").write_text(text.replace('{"step": 2', '{"step": 2,,'))  # line 3 = step 2
     control = make_run(tmp_path / "u128", make_rows({0: 0.1}), batch_size=128)
     limited = make_run(tmp_path / "limited", make_rows({0: 0.1, 10: 0.5}), **{"eval.limit": 100})
+    flat = tmp_path / "flat"
+    for seed in (0, 1):
+        make_run(flat / f"s{seed}", make_rows({0: 0.3, 10: 0.3}), seed=seed)
     return {
         "missing dir": ([tmp_path / "nope"], "nope: no such directory"),
         "no runs": ([tmp_path / "empty"], "no metrics.jsonl found under"),
@@ -378,6 +640,11 @@ def broken_cases(tmp_path: Path) -> dict[str, tuple[list, str]]:
         "no baseline": ([sweep, "--baseline", "sampler=lilo"], "no group matches --baseline sampler=lilo"),
         "ambiguous baseline": ([sweep, control], "matches 2 groups"),
         "malformed line": ([sweep, bad], f"{bad / 'metrics.jsonl'}:3: malformed JSON"),
+        "bad --targets": ([sweep, "--targets", "0.3,x"], "--targets '0.3,x': not a comma list of numbers"),
+        "both target options": ([sweep, "--target", "0.3", "--targets", "0.4"], "--target and --targets both given"),
+        "no reference": ([sweep, "--reference", "sampler=lilo"], "no group matches --reference sampler=lilo"),
+        "flat baseline": ([flat], "is not above its start (0.3): no target grid"),
+        "bad interval": ([sweep, "--interval", "wald"], "--interval 'wald' is unknown: allowed percentile, bca, t"),
         "mixed evaluation": ([sweep, limited], f"eval.limit = null (6 run(s), e.g. {sweep}/0_uniform_s0) "
                                               f"vs 100 (1 run(s), e.g. {limited})"),
     }

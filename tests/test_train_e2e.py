@@ -121,3 +121,25 @@ def test_every_sampler_trains_through_the_cli_and_compare_ranks_them(run_lrn, tm
     proc = run_lrn("compare", str(tmp_path), "--target", "0.0")
     for name in samplers:
         assert f"sampler.name={name}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_train_seconds_leave_out_evaluation_and_checkpoints(run_lrn, tmp_path):
+    """time/train_s = time/elapsed_s less every evaluation (perf/eval_s) and checkpoint write so far
+    (time/checkpoint_s): the seconds lrn compare compares samplers on."""
+    from lrn.compare import compare_dirs
+
+    run_lrn("train", *TINY, "trainer.checkpoint_every=1", f"hydra.run.dir={tmp_path}")
+    rows = read_metrics(tmp_path)
+    evaluated = 0.0
+    for r in rows:
+        evaluated += r.get("perf/eval_s", 0.0)
+        assert r["time/train_s"] < r["time/elapsed_s"], r["step"]
+        assert r["time/elapsed_s"] - r["time/train_s"] == pytest.approx(evaluated + r["time/checkpoint_s"], abs=1e-9)
+    assert [r["step"] for r in rows if "perf/eval_s" in r] == [0, 2, 3]
+    # checkpoints are written after a step's row: those of steps 1 and 2 are in step 3's row
+    assert [r["time/checkpoint_s"] > 0 for r in rows] == [False, False, True, True]
+    assert rows[2]["time/checkpoint_s"] < rows[3]["time/checkpoint_s"]
+    # every step's own time, less its evaluation, lies inside the training clock
+    assert rows[-1]["time/train_s"] >= sum(r["perf/step_s"] - r.get("perf/eval_s", 0.0) for r in rows[1:])
+    assert compare_dirs([tmp_path], baseline="all", targets=[0.0]).seconds.startswith("time/train_s")
