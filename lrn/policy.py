@@ -27,6 +27,8 @@ from lrn.engines import SamplingSpec
 from lrn.validation import ConfigError
 
 CHUNK_ELEMENTS = 2**25  # logits per chunk of the output layer: 128 MB in float32
+TOP_P_CANDIDATES = 256  # top-p looks for the nucleus among this many most likely tokens before sorting a row
+TOP_P_MARGIN = 1e-5  # a cumulative mass this close to top_p is left to the sort (float sums may differ there)
 
 
 def compute_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -63,14 +65,55 @@ def process_logits(logits: torch.Tensor, spec: SamplingSpec, keep: torch.Tensor 
         kth = torch.topk(logits, spec.top_k, dim=-1).values[..., -1:]
         remove |= logits < kth
     if spec.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits.masked_fill(remove, -torch.inf), dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative <= 1.0 - spec.top_p
-        drop[..., -1] = False
-        remove |= torch.zeros_like(remove).scatter(-1, order, drop)
+        remove |= nucleus_mask(logits.masked_fill(remove, -torch.inf), spec.top_p)
     if keep is not None:
         remove[torch.arange(len(keep), device=keep.device), keep] = False
     return logits.masked_fill(remove, -torch.inf)
+
+
+def nucleus_mask_by_sort(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """True where top-p removes a token [N, V], by the engines' own rule (Hugging Face's and vLLM's): sort
+    ascending, drop every token whose cumulative probability is <= 1 - top_p, never the most likely."""
+    sorted_logits, order = torch.sort(logits, dim=-1)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cumulative <= 1.0 - top_p
+    drop[..., -1] = False
+    return torch.zeros_like(drop).scatter(-1, order, drop)
+
+
+def nucleus_candidates(logits: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-p mask [N, V], decided [N]) from the TOP_P_CANDIDATES most likely tokens, without a sort.
+
+    Read descending, the rule keeps a token iff the probability of the tokens ranked above it is below
+    top_p: a head of the ranking. A row is *decided* when that head ends inside the candidates (their
+    mass reaches top_p), no candidate's mass-above lies within TOP_P_MARGIN of top_p (where the engines'
+    ascending float sum could round the other way) and the last kept candidate is not tied with the next
+    one (the sort's tie order would decide). The mask of an undecided row is not meaningful.
+    """
+    k = min(TOP_P_CANDIDATES, logits.shape[-1])
+    top, order = logits.topk(k, dim=-1)  # descending
+    probs = (top - logits.logsumexp(-1, keepdim=True)).exp()
+    above = probs.cumsum(-1) - probs  # the mass ranked strictly above each candidate
+    kept = above < top_p  # a head of the ranking
+    n_kept = kept.sum(-1)
+    decided = (n_kept < k) & ((above - top_p).abs() > TOP_P_MARGIN).all(-1)
+    if k > 1:  # the last kept candidate tied with the first dropped one: the sort's order would decide
+        last = (n_kept - 1).clamp(0, k - 2)[..., None]
+        decided &= top.gather(-1, last).squeeze(-1) != top.gather(-1, last + 1).squeeze(-1)
+    remove = torch.ones_like(logits, dtype=torch.bool).scatter(-1, order, ~kept)
+    return remove, decided
+
+
+def nucleus_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """True where top-p removes a token [N, V]: exactly :func:`nucleus_mask_by_sort`, but a row is sorted
+    only when its candidates cannot decide it (:func:`nucleus_candidates`). Sorting every answer token's
+    151,936 logits cost 22x the temperature-only scoring; a trained model's nucleus at top-p 0.9 is
+    usually a few tokens, well inside 256 candidates."""
+    remove, decided = nucleus_candidates(logits, top_p)
+    if not bool(decided.all()):
+        rows = (~decided).nonzero().squeeze(-1)
+        remove[rows] = nucleus_mask_by_sort(logits[rows], top_p)
+    return remove
 
 
 def _token_scores(head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, spec: SamplingSpec,
@@ -85,12 +128,20 @@ def _token_scores(head: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, s
 
 
 class Policy(nn.Module):
-    """A causal LM (fp32 master weights) with an optional scalar value head on its last hidden state."""
+    """A causal LM (fp32 master weights) with an optional scalar value head on its last hidden state.
+
+    Only trained weights are float32 masters. Frozen ones, the KL reference (``reference=True``) and a
+    LoRA model's base, are kept in the compute dtype ``dtype``: autocast would otherwise re-cast them on
+    every forward, and they would take twice the memory for no update.
+    """
 
     def __init__(self, lm: nn.Module, with_value: bool, dtype: torch.dtype = torch.float32,
-                 reference: bool = False):
+                 reference: bool = False, frozen: bool = False):
         super().__init__()
-        self.lm = lm.float()
+        self.lm = lm.to(dtype) if frozen else lm.float()
+        for param in self.lm.parameters():
+            if not param.requires_grad:  # a LoRA base
+                param.data = param.data.to(dtype)
         self.dtype = dtype
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # peft wraps the HF model
         if getattr(base.config, "final_logit_softcapping", None) or getattr(base.config, "logit_scale", None):
@@ -105,7 +156,7 @@ class Policy(nn.Module):
             self.value_head.to(device=self.device)
         self._frozen = None  # the KL reference: LoRA switches its adapters off instead of copying
         if reference and not hasattr(lm, "disable_adapter"):
-            frozen = Policy(copy.deepcopy(lm).requires_grad_(False), with_value=False, dtype=dtype)
+            frozen = Policy(copy.deepcopy(lm).requires_grad_(False), with_value=False, dtype=dtype, frozen=True)
             object.__setattr__(self, "_frozen", frozen)  # not a submodule: the optimizer must not see it
 
     @property
@@ -168,14 +219,21 @@ class Policy(nn.Module):
             yield self._frozen
 
     @torch.no_grad()
-    def score(self, batch: PPOBatch, spec: SamplingSpec, chunk: int | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Answer-token log-probs [B, C] (and values) in no-grad passes of ``chunk`` sequences."""
-        n = batch.input_ids.shape[0]
-        chunk = chunk or n
-        logps, values = [], []
-        for start in range(0, n, chunk):
-            logp, _, v = self(batch.rows(torch.arange(start, min(n, start + chunk))), spec)
-            logps.append(logp)
-            values.append(v)
-        return torch.cat(logps), (torch.cat(values) if values[0] is not None else None)
+    def score(self, batch: PPOBatch, spec: SamplingSpec, max_rows: int | None = None, max_tokens: int | None = None,
+              rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Answer-token log-probs [B, C] (and values) from no-grad passes over micro-batches of at most
+        ``max_rows`` rows and ``max_tokens`` tokens, each as wide as its own rows (:meth:`PPOBatch.micro_batches`).
+
+        ``rows``: score only these rows; the others stay 0 (a rank's share, see ``lrn.update.prepare``).
+        """
+        n, c = batch.completion_mask.shape
+        rows = torch.arange(n) if rows is None else rows
+        logp = torch.zeros_like(batch.completion_mask)
+        values = torch.zeros_like(batch.completion_mask) if self.value_head is not None else None
+        for idx, micro in batch.micro_batches(rows, max_rows, max_tokens):
+            lp, _, v = self(micro, spec)
+            idx = idx.to(logp.device)
+            logp[idx, :lp.shape[1]] = lp
+            if values is not None:
+                values[idx, :v.shape[1]] = v
+        return logp, values

@@ -13,7 +13,7 @@ from lrn.config import ConfigError, LoraConfig, ModelConfig, PPOConfig, TinyMode
 from lrn.engines import HFEngine, SamplingSpec
 from lrn.engines.hf import _own_generation_config, generation_config
 from lrn.models import build_char_tokenizer, build_tiny_model, load_policy
-from lrn.policy import Policy, process_logits
+from lrn.policy import Policy, nucleus_candidates, nucleus_mask, nucleus_mask_by_sort, process_logits
 from lrn.rollout import Rollout
 from lrn.tasks import Problem
 from lrn.update import ppo_update, prepare
@@ -42,6 +42,31 @@ def test_process_logits_applies_temperature_then_top_k_then_top_p():
     # a token outside the mask that must be kept (it was sampled) stays finite
     kept = process_logits(logits, SamplingSpec(max_new_tokens=1, top_p=0.7), keep=torch.tensor([3]))
     assert math.isfinite(kept[0, 3].item()) and kept[0, 2].item() == -math.inf
+
+
+def test_top_p_without_a_sort_masks_exactly_what_the_sort_masks():
+    """Top-p from 256 candidates equals the engines' sort-based rule on every row, and decides peaked rows
+    without the sort (else this test would only check the sort against itself)."""
+    g = torch.Generator().manual_seed(0)
+    vocab, n = 20_000, 32
+    rows = []
+    for scale in (0.5, 2.0, 4.0, 8.0):  # flat (a nucleus of thousands of tokens) to peaked (a few tokens)
+        rows.append(torch.randn(n, vocab, generator=g) * scale)
+    masked = torch.randn(4, vocab, generator=g) * 3  # a top-k mask already applied: -inf past the 10th
+    rows.append(masked.masked_fill(masked < masked.topk(10, -1).values[:, -1:], -math.inf))
+    logits = torch.cat(rows)
+    for top_p in (0.5, 0.9, 0.95):
+        expected = nucleus_mask_by_sort(logits, top_p)
+        assert torch.equal(nucleus_mask(logits, top_p), expected), top_p
+        _, decided = nucleus_candidates(logits, top_p)
+        assert not decided[:n].any()  # the flat rows' nucleus lies far beyond 256 candidates: sorted
+        assert decided[3 * n:4 * n].float().mean() > 0.9  # peaked rows: decided from the candidates
+    # a hand-made tie at the boundary: 0.4, 0.3, 0.3 (tied), rest ~0; top-p 0.6 keeps 0.4 and ONE of the 0.3s
+    tie = torch.full((1, 1000), -30.0)
+    tie[0, :3] = torch.log(torch.tensor([0.4, 0.3, 0.3]))
+    _, decided = nucleus_candidates(tie, 0.6)
+    assert not decided.item()  # left to the sort, whose tie order is the engines' choice
+    assert int((~nucleus_mask(tie, 0.6)).sum()) == 2
 
 
 @pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 0.9, 0), (0.6, 0.9, 8)])
