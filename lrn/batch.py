@@ -41,6 +41,60 @@ class PPOBatch:
             f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)
             if isinstance(getattr(self, f.name), torch.Tensor)})
 
+    def prompt_lengths(self) -> torch.Tensor:
+        """Real (unpadded) prompt tokens per row, [B]."""
+        return self.attention_mask[:, :self.prompt_len].sum(1)
+
+    def answer_lengths(self) -> torch.Tensor:
+        """Answer tokens per row, [B]."""
+        return self.completion_mask.sum(1).long()
+
+    def trimmed(self) -> PPOBatch:
+        """The same rows no wider than their own longest prompt and longest answer: the padding columns
+        that every row of this batch has (left of the prompts, right of the answers) are cut off.
+        Positions come from the attention mask, so the model computes the same values on the rest."""
+        p = max(int(self.prompt_lengths().max()), 1)
+        c = max(int(self.answer_lengths().max()), 1)
+        left = self.prompt_len - p
+        fields = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, torch.Tensor) or value.dim() < 2:
+                continue
+            if f.name in ("input_ids", "attention_mask"):
+                fields[f.name] = value[:, left:self.prompt_len + c]
+            else:  # [B, C] answer-token fields
+                fields[f.name] = value[:, :c]
+        return dataclasses.replace(self, prompt_len=p, **fields)
+
+    def micro_batches(self, idx: torch.Tensor, max_rows: int | None = None, max_tokens: int | None = None
+                      ) -> list[tuple[torch.Tensor, PPOBatch]]:
+        """Rows ``idx`` as micro-batches, each :meth:`trimmed` to its own widths: (row indices, sub-batch).
+
+        Rows are grouped by length (sorted by prompt, then answer length) and packed greedily while a
+        micro-batch has at most ``max_rows`` rows and rows x (longest prompt + longest answer) stays within
+        ``max_tokens``; a row longer than the budget gets a micro-batch of its own. Neither limit: one
+        micro-batch. Which rows share a micro-batch changes nothing beyond float rounding.
+        """
+        if len(idx) == 0:
+            return []
+        device = self.input_ids.device
+        prompts = self.prompt_lengths()[idx.to(device)].tolist()
+        answers = self.answer_lengths()[idx.to(device)].tolist()
+        order = sorted(range(len(idx)), key=lambda i: (prompts[i], answers[i]))
+        groups: list[list[int]] = []
+        p_max = c_max = 0
+        for i in order:
+            p, c = max(p_max, prompts[i]), max(c_max, answers[i])
+            if not groups or (max_rows is not None and len(groups[-1]) >= max_rows) or \
+                    (max_tokens is not None and (len(groups[-1]) + 1) * (p + c) > max_tokens):
+                groups.append([])
+                p, c = prompts[i], answers[i]
+            groups[-1].append(i)
+            p_max, c_max = p, c
+        parts = [idx[torch.tensor(g)] for g in groups]
+        return [(part, self.rows(part).trimmed()) for part in parts]
+
 
 def collate(rollouts: list[Rollout], pad_id: int, device: torch.device) -> PPOBatch:
     """Rollouts as one :class:`PPOBatch` (prompts left-padded, answers right-padded with ``pad_id``)."""

@@ -137,6 +137,7 @@ class PPOConfig:
     whiten: bool = True
     skip_nonfinite: bool = False
     micro_batch_size: int | None = None
+    micro_batch_tokens: int | None = None
     tis_cap: float | None = None
 
     def validate(self, key: str) -> None:
@@ -153,6 +154,8 @@ class PPOConfig:
         _check(0 <= self.lam <= 1, f"{key}.lam", self.lam, "must be in [0, 1]")
         _check(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{key}.micro_batch_size",
                self.micro_batch_size, "must be >= 1 or null (whole mini-batches)")
+        _check(self.micro_batch_tokens is None or self.micro_batch_tokens >= 1, f"{key}.micro_batch_tokens",
+               self.micro_batch_tokens, "must be >= 1 or null (no token budget)")
 
 
 @dataclass

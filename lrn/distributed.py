@@ -4,9 +4,10 @@ The launcher sets RANK, WORLD_SIZE and LOCAL_RANK; :func:`init` joins the proces
 one GPU per rank on CUDA, gloo on CPU). Without a launcher there is no process group and every
 function here is the identity, so a single process runs exactly the code and numbers it always did.
 
-What is shared and how (README "Multiple GPUs"): every rank holds all of a step's rollouts (they are
-all-gathered), makes the same choices from the same RNG streams, updates on its share of each
-mini-batch and sums the token-weighted gradients, so the update equals the single-process one.
+What is shared and how (docs/distributed.md): every rank holds all of a step's rollouts (they are
+all-gathered), makes the same choices from the same RNG streams, scores its share of them, updates on
+its share of each mini-batch inside torch's DistributedDataParallel and sums the token-weighted
+gradients, so the update equals the single-process one.
 """
 
 from __future__ import annotations
@@ -118,20 +119,42 @@ def max_int(value: int) -> int:
     return int(t.item())
 
 
-def sum_gradients(params: Iterator[torch.nn.Parameter]) -> None:
-    """All-reduce SUM of the gradients of trainable ``params`` (a missing gradient counts as zeros).
-
-    Each rank's loss is already weighted by its tokens over the mini-batch's global tokens, so the
-    sum is the single-process gradient.
-    """
+def sum_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``t`` over ranks (``t`` itself for a single process)."""
     if not active():
-        return
-    for p in params:
-        if not p.requires_grad:
-            continue
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        return t
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def _sum_hook(state, bucket):  # unannotated: DDP checks the annotations, which are strings here
+    """DDP communication hook: SUM the bucket's gradients (DDP's default averages). Each rank's loss is
+    already weighted by its tokens over the mini-batch's global tokens, so the sum is the single-process
+    gradient."""
+    work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.SUM, async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` inside torch's DistributedDataParallel under several processes (built once, kept on the
+    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass."""
+    if not active():
+        return module
+    wrapped = module.__dict__.get("_data_parallel")
+    if wrapped is None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [torch.cuda.current_device()] if dist.get_backend() == "nccl" else None
+        wrapped = DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+        wrapped.register_comm_hook(None, _sum_hook)
+        object.__setattr__(module, "_data_parallel", wrapped)  # not a submodule: no cycle in the module tree
+    return wrapped
+
+
+def no_sync(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` (accumulate gradients locally, sync on a later backward); nothing otherwise."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
 def barrier() -> None:

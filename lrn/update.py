@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -35,12 +36,21 @@ def compute_advantages(cfg: PPOConfig, batch: PPOBatch, values: torch.Tensor | N
 
 def prepare(policy: Policy, cfg: PPOConfig, batch: PPOBatch, spec: SamplingSpec, k: int) -> None:
     """Fill ``batch``'s old log-probs, values, advantages and (with a KL term) reference log-probs from
-    no-grad passes of the current (= old) policy, in chunks of ``cfg.micro_batch_size`` sequences."""
-    batch.old_logp, batch.old_values = policy.score(batch, spec, cfg.micro_batch_size)
+    no-grad passes of the current (= old) policy, in micro-batches as the update makes them.
+
+    Under several processes each rank scores its contiguous share of the rows and the shares are
+    summed across ranks (every entry has exactly one non-zero contribution, so the sum is exact); every
+    rank then computes the advantages of the whole batch (whole groups, whole-batch whitening).
+    """
+    mine = torch.as_tensor(distributed.shard(range(len(batch))), dtype=torch.long)
+    logp, values = policy.score(batch, spec, cfg.micro_batch_size, cfg.micro_batch_tokens, rows=mine)
+    batch.old_logp = distributed.sum_tensor(logp)
+    batch.old_values = distributed.sum_tensor(values) if values is not None else None
     batch.advantages, batch.returns = compute_advantages(cfg, batch, batch.old_values, k)
     if cfg.kl_coef > 0:
         with policy.reference() as reference:
-            batch.ref_logp = reference.score(batch, spec, cfg.micro_batch_size)[0]
+            ref = reference.score(batch, spec, cfg.micro_batch_size, cfg.micro_batch_tokens, rows=mine)[0]
+        batch.ref_logp = distributed.sum_tensor(ref)
 
 
 def engine_gap(batch: PPOBatch) -> dict[str, float]:
@@ -52,18 +62,47 @@ def engine_gap(batch: PPOBatch) -> dict[str, float]:
     return {"rollout/logprob_diff": ppo.masked_mean(gap, batch.completion_mask).item()}
 
 
+def micro_loss(model: torch.nn.Module, mb: PPOBatch, cfg: PPOConfig, spec: SamplingSpec
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO loss of one micro-batch (token means over its answer tokens) and its logged terms."""
+    mask = mb.completion_mask
+    logp, entropy, values = model(mb, spec, entropy_grad=cfg.ent_coef > 0)
+    tis = None
+    if cfg.tis_cap is not None and mb.engine_logp is not None:
+        tis = ppo.tis_weights(mb.old_logp, mb.engine_logp, cfg.tis_cap)
+    pg_loss, stats = ppo.policy_loss(logp, mb.old_logp, mb.advantages, mask, cfg.clip, tis)
+    ent = ppo.masked_mean(entropy, mask)
+    loss = pg_loss - cfg.ent_coef * ent if cfg.ent_coef > 0 else pg_loss
+    terms = {"loss/policy": pg_loss, "ppo/entropy": ent, "ppo/clipfrac": stats["clipfrac"],
+             "ppo/approx_kl": stats["approx_kl"]}
+    if values is not None:
+        v_loss = ppo.value_loss(values, mb.old_values, mb.returns, mask, cfg.value_clip)
+        loss = loss + cfg.vf_coef * v_loss
+        terms["loss/value"] = v_loss
+    if mb.ref_logp is not None:
+        kl = ppo.kl_to_reference(logp, mb.ref_logp, mask)
+        loss = loss + cfg.kl_coef * kl
+        terms["ppo/kl"] = kl
+    terms["loss/total"] = loss
+    return loss, terms
+
+
 def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig, batch: PPOBatch,
                spec: SamplingSpec) -> dict[str, float]:
     """Epochs x mini-batches of clipped PPO; returns the mean of each loss and diagnostic.
 
-    With ``cfg.micro_batch_size`` each mini-batch is split into micro-batches whose gradients are
-    accumulated; each micro-batch's token-mean losses are weighted by its share of the mini-batch's
-    answer tokens, so the update equals the unsplit one (up to float rounding) in less memory.
+    Each mini-batch is split into micro-batches (``ppo.micro_batch_size`` rows, ``ppo.micro_batch_tokens``
+    tokens; length-grouped, each as wide as its own rows) whose gradients are accumulated; each
+    micro-batch's token-mean losses are weighted by its share of the mini-batch's answer tokens, so the
+    update equals the unsplit one (up to float rounding) in less memory.
     A non-finite loss or gradient norm raises :class:`NonFiniteError`, or with ``cfg.skip_nonfinite``
     skips that mini-batch's update (counted in ``ppo/skipped_updates``, left out of the means).
-    Under several processes each rank takes its contiguous share of every mini-batch, weighted by its
-    tokens over the mini-batch's, and the gradients and logged values are summed across ranks.
+    Under several processes the policy runs inside torch's DistributedDataParallel: each rank takes its
+    contiguous share of every mini-batch, weighted by its tokens over the mini-batch's, micro-batches
+    before the last skip the gradient sync (``no_sync``), and the last one's backward sums the gradients
+    across ranks in buckets, overlapped with the backward pass (``distributed.data_parallel``).
     """
+    model = distributed.data_parallel(policy)
     n = len(batch)
     size = max(1, n // cfg.minibatches)
     sums: dict[str, float] = {}
@@ -73,46 +112,25 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
         for start in range(0, n - size + 1, size):
             idx = order[start:start + size]
             tokens = batch.completion_mask[idx.to(batch.completion_mask.device)].sum().clamp(min=1.0)
-            mine = distributed.shard(idx)  # this rank's rows; weights stay relative to all `tokens`
-            micro = cfg.micro_batch_size or max(1, len(mine))
+            mine = torch.as_tensor(distributed.shard(idx))  # this rank's rows; weights stay relative to all `tokens`
+            micros = [(mb, mb.completion_mask.sum() / tokens)
+                      for _, mb in batch.micro_batches(mine, cfg.micro_batch_size, cfg.micro_batch_tokens)]
+            if not micros:  # no row of this mini-batch here: a weightless pass, so that the ranks' syncs match
+                micros = [(batch.rows(idx[:1]).trimmed(), torch.zeros(()))]
             optimizer.zero_grad(set_to_none=True)
             parts: dict[str, float] = {}
-            for m in range(0, len(mine), micro):
-                mb = batch.rows(mine[m:m + micro])
-                mask = mb.completion_mask
-                weight = mask.sum() / tokens
-                logp, entropy, values = policy(mb, spec, entropy_grad=cfg.ent_coef > 0)
-                tis = None
-                if cfg.tis_cap is not None and mb.engine_logp is not None:
-                    tis = ppo.tis_weights(mb.old_logp, mb.engine_logp, cfg.tis_cap)
-                pg_loss, stats = ppo.policy_loss(logp, mb.old_logp, mb.advantages, mask, cfg.clip, tis)
-                ent = ppo.masked_mean(entropy, mask)
-                loss = pg_loss - cfg.ent_coef * ent if cfg.ent_coef > 0 else pg_loss
-                terms = {"loss/policy": pg_loss, "ppo/entropy": ent, "ppo/clipfrac": stats["clipfrac"],
-                         "ppo/approx_kl": stats["approx_kl"]}
-                if values is not None:
-                    v_loss = ppo.value_loss(values, mb.old_values, mb.returns, mask, cfg.value_clip)
-                    loss = loss + cfg.vf_coef * v_loss
-                    terms["loss/value"] = v_loss
-                if mb.ref_logp is not None:
-                    kl = ppo.kl_to_reference(logp, mb.ref_logp, mask)
-                    loss = loss + cfg.kl_coef * kl
-                    terms["ppo/kl"] = kl
-                terms["loss/total"] = loss
+            for j, (mb, weight) in enumerate(micros):
+                with distributed.no_sync(model) if j < len(micros) - 1 else contextlib.nullcontext():
+                    loss, terms = micro_loss(model, mb, cfg, spec)
+                    (loss * weight.to(loss.device)).backward()  # a non-finite loss too: every rank must sync
                 for key, value in terms.items():
-                    parts[key] = parts.get(key, 0.0) + (value * weight).item()
-                if not math.isfinite(parts["loss/total"]):
-                    break
-                (loss * weight).backward()
+                    parts[key] = parts.get(key, 0.0) + (value.detach() * weight.to(value.device)).item()
             parts = distributed.sum_values(parts)  # the whole mini-batch's values, the same on every rank
-            grad_norm = math.nan
-            if math.isfinite(parts.get("loss/total", math.nan)):
-                distributed.sum_gradients(policy.parameters())
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
-            if not math.isfinite(grad_norm):  # also when the loss was not finite (no step then)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+            if not (math.isfinite(grad_norm) and math.isfinite(parts["loss/total"])):
                 optimizer.zero_grad(set_to_none=True)
                 if not cfg.skip_nonfinite:
-                    raise NonFiniteError(f"loss {parts.get('loss/total', math.nan):.4g}, gradient norm {grad_norm:.4g}")
+                    raise NonFiniteError(f"loss {parts['loss/total']:.4g}, gradient norm {grad_norm:.4g}")
                 skipped += 1
                 continue
             optimizer.step()

@@ -89,6 +89,55 @@ def test_two_process_update_equals_the_single_process_update(tmp_path):
             assert stats[key] == pytest.approx(single_stats[key], rel=1e-4, abs=1e-7), (name, key)
 
 
+def _instrumented_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One GAE update (value head, KL reference) on 2 ranks, counting the rows each rank scores without
+    gradients and the all-reduce calls of the update itself."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    distributed.init()
+    scored, calls = [], []
+    forward = Policy.forward
+
+    def counting_forward(self, batch, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            scored.append(len(batch))
+        return forward(self, batch, *args, **kwargs)
+
+    all_reduce = torch.distributed.all_reduce
+
+    def counting_all_reduce(*args, **kwargs):
+        calls.append(1)
+        return all_reduce(*args, **kwargs)
+
+    Policy.forward = counting_forward
+    update = ppo_update
+
+    def counted_update(*args, **kwargs):
+        torch.distributed.all_reduce = counting_all_reduce
+        try:
+            return update(*args, **kwargs)
+        finally:
+            torch.distributed.all_reduce = all_reduce
+
+    globals()["ppo_update"] = counted_update
+    one_update(CASES["gae"])
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"scored": scored, "all_reduce": len(calls)}))
+    distributed.shutdown()
+
+
+def test_each_rank_scores_its_share_and_gradients_sync_in_buckets(tmp_path):
+    """No-grad scoring (old policy with values, KL reference) is sharded, not repeated on every rank; the
+    gradient sync is DDP's bucketed all-reduce (one bucket for this small model) once per optimizer step,
+    not one all-reduce per parameter tensor."""
+    mp.spawn(_instrumented_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # 10 rows, scored by the policy and by the reference: 5 + 5 rows on each rank (whole micro-batches of 2)
+    assert [sum(r["scored"]) for r in ranks] == [10, 10]
+    # 2 epochs x 2 mini-batches = 4 optimizer steps, one bucket each
+    assert [r["all_reduce"] for r in ranks] == [4, 4]
+
+
 # -- end to end (slow) -------------------------------------------------------------------------------
 
 EIGHT = [*TINY, "sampler=learnability", "trainer.batch_size=8", "trainer.rollouts_per_question=8"]
