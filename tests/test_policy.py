@@ -1,10 +1,13 @@
 """The trainable policy: scoring equals sampling, fp32 master weights under bf16 compute, completion-only
 chunked logits, gradient checkpointing and dropout, the LoRA reference."""
 
+import copy
 import math
 
 import pytest
 import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
 from transformers import GenerationConfig
 
 from lrn import policy as policy_module
@@ -12,6 +15,7 @@ from lrn.batch import collate
 from lrn.config import ConfigError, LoraConfig, ModelConfig, PPOConfig, TinyModelConfig, to_config
 from lrn.engines import HFEngine, SamplingSpec
 from lrn.engines.hf import _own_generation_config, generation_config
+from lrn.engines.vllm import full_state_dict
 from lrn.models import build_char_tokenizer, build_tiny_model, load_policy
 from lrn.policy import Policy, nucleus_candidates, nucleus_mask, nucleus_mask_by_sort, process_logits
 from lrn.rollout import Rollout
@@ -203,6 +207,45 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path):
     assert torch.allclose(ref, base.score(batch, spec)[0], atol=1e-5)
     assert not torch.allclose(policy.score(batch, spec)[0], ref, atol=1e-3)
     assert policy._frozen is None  # no copy of the model was made
+
+
+def test_frozen_weights_are_kept_in_the_compute_dtype():
+    """The KL reference and a LoRA base are bf16 under bf16 compute (no fp32 copy re-cast on every forward);
+    the trained weights stay fp32 masters and their gradients fp32."""
+    model, tok = tiny()
+    policy = Policy(model, with_value=True, dtype=torch.bfloat16, reference=True)
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert {p.dtype for p in policy._frozen.parameters()} == {torch.bfloat16}
+    batch = answer_batch(tok, policy.device)
+    spec = SamplingSpec(max_new_tokens=4)
+    with policy.reference() as reference:
+        ref = reference.score(batch, spec)[0]
+    # the same weights, rounded once to bf16 either way: equal up to bf16 arithmetic
+    assert (ref - policy.score(batch, spec)[0]).abs().max() < 0.05
+    lora = get_peft_model(tiny()[0], PeftLoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    policy = Policy(lora, with_value=False, dtype=torch.bfloat16)
+    dtypes = {(p.requires_grad, p.dtype) for p in policy.parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    logp, _, _ = policy(batch, spec)
+    logp.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in policy.parameters() if p.requires_grad)
+
+
+def test_lora_weights_reach_the_engine_merged_without_touching_the_bf16_base():
+    """vLLM receives base + delta for every adapted weight (what merge_and_unload gives), computed out of
+    place: merging into a bf16 base and unmerging would leave rounding residue after every push."""
+    lora = get_peft_model(tiny()[0], PeftLoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                    init_lora_weights=False))
+    Policy(lora, with_value=False, dtype=torch.bfloat16)  # the base becomes bf16, the adapters stay fp32
+    before = {n: t.clone() for n, t in lora.state_dict().items()}
+    pushed = dict(full_state_dict(lora))
+    assert all(torch.equal(before[n], t) for n, t in lora.state_dict().items())  # nothing modified
+    merged = copy.deepcopy(lora).float().merge_and_unload().state_dict()
+    assert pushed.keys() == merged.keys()
+    for name, tensor in merged.items():
+        torch.testing.assert_close(pushed[name].float(), tensor, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(pushed["model.layers.0.self_attn.q_proj.weight"].float(),
+                           before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"].float())
 
 
 def test_float16_is_refused_in_one_line():

@@ -11,7 +11,8 @@
 - **Weight sync** (:meth:`VLLMEngine.sync_weights`, after every optimizer update): the *whole* state
   dict is pushed (a partial push corrupts vLLM's fused q/k/v and gate/up layers; ``named_parameters``
   misses a tied ``lm_head``), then the prefix cache is reset (its KV blocks were computed by the old
-  weights). LoRA: adapters merged, pushed under the base model's names, unmerged.
+  weights). LoRA: each adapted weight merged out of place (the model is untouched), pushed under
+  the base model's names.
 - **Sleep during the update** (:meth:`VLLMEngine.sleep`, where the build has sleep mode): level 2
   drops the KV cache and the weights (every sync pushes all of them anyway); the next sync wakes the
   weights, pushes, then wakes the KV cache.
@@ -107,16 +108,24 @@ def _base_model(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def full_state_dict(model: PreTrainedModel) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the (LoRA-merged) model under the base model's names, as Hugging Face saves them.
-
-    With peft adapters the caller must have merged them (``merge_adapter``); adapter tensors are left out.
-    """
+    """Every tensor of the model under the base model's names, as Hugging Face saves them; with peft
+    adapters, each adapted weight merged out of place (base + delta, one layer at a time in float32) and
+    the adapter tensors left out. The model itself is never modified: merging into a bf16 base and
+    unmerging again would leave rounding residue in the frozen weights after every push."""
     if not hasattr(model, "get_base_model"):
         yield from model.state_dict().items()
         return
+    from peft.tuners.lora import LoraLayer
+
+    adapted = {f"{name}.base_layer.weight": module for name, module in model.named_modules()
+               if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters}
     for name, tensor in model.state_dict().items():
         if "lora_" in name:
             continue
+        layer = adapted.get(name)
+        if layer is not None:
+            tensor = tensor.float() + sum(layer.get_delta_weight(a).float() for a in layer.active_adapters
+                                          if a in layer.lora_A)
         yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
 
 
@@ -189,9 +198,6 @@ class VLLMEngine:
 
         A failed push can leave the engine's weights half-replaced, so it raises rather than going on.
         """
-        lora = hasattr(self.model, "merge_adapter")
-        if lora:
-            self.model.merge_adapter()
         try:
             with _own_rng():
                 if self.asleep:  # weights first: the KV cache is not needed for the push
@@ -206,9 +212,6 @@ class VLLMEngine:
         except Exception as e:
             raise RuntimeError(f"pushing the policy's weights into vLLM failed ({type(e).__name__}: {e}); "
                                "the engine's weights may be partly replaced, so the run stops") from e
-        finally:
-            if lora:
-                self.model.unmerge_adapter()
 
     def sleep(self) -> None:
         """Release the engine's KV cache and weights until the next :meth:`sync_weights` (a no-op where
