@@ -23,6 +23,7 @@ from lrn.sampler_config import (
     FrontierSamplerConfig,
     HistorySamplerConfig,
     LearnabilitySamplerConfig,
+    PredictiveSamplerConfig,
     UniformSamplerConfig,
 )
 from lrn.validation import ConfigError, _check
@@ -290,6 +291,7 @@ SAMPLERS: dict[str, type] = {
     "uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig,
     "dynamic_filter": DynamicFilterSamplerConfig, "learnability_adaptive": AdaptiveSamplerConfig,
     "learnability_history": HistorySamplerConfig, "frontier": FrontierSamplerConfig,
+    "predictive": PredictiveSamplerConfig,
 }
 
 

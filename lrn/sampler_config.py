@@ -127,3 +127,36 @@ class FrontierSamplerConfig:
         _check(self.prior_strength > 0, f"{key}.prior_strength", self.prior_strength, "must be > 0")
         _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")
         _check_mix(key, self.mix)
+
+
+@dataclass
+class PredictiveSamplerConfig:
+    """Predict p from a probe on the policy's prompt features (+ per-question counts), Thompson on P(mixed)."""
+
+    name: str = "predictive"
+    pool_factor: float = 4.0
+    mix: float = 0.1
+    prior_strength: int | float | str = "auto"
+    decay: float = 0.95
+    replay_decay: float = 0.9
+    replay_size: int = 4096
+    l2: float = 1.0
+    features_dim: int = 256
+    fit_steps: int = 4
+
+    def validate(self, key: str) -> None:
+        _check_pool_factor(key, self.pool_factor)
+        _check_mix(key, self.mix)
+        strength = self.prior_strength
+        _check(strength == "auto" or (isinstance(strength, int | float) and not isinstance(strength, bool)
+                                      and strength > 0), f"{key}.prior_strength", strength,
+               "allowed: auto (estimated from how well the probe predicts) or a number > 0")
+        _check(0 < self.decay <= 1, f"{key}.decay", self.decay, "must be in (0, 1] (1: never forget)")
+        _check(0 < self.replay_decay <= 1, f"{key}.replay_decay", self.replay_decay,
+               "must be in (0, 1] (1: every generated group weighs the same in the probe's fit)")
+        _check(self.replay_size >= 1, f"{key}.replay_size", self.replay_size,
+               "must be >= 1 (generated groups kept for the probe)")
+        _check(self.l2 >= 0, f"{key}.l2", self.l2, "must be >= 0 (the probe's L2 penalty)")
+        _check(self.features_dim >= 0, f"{key}.features_dim", self.features_dim,
+               "must be >= 0 (0: the model's hidden size, no projection)")
+        _check(self.fit_steps >= 1, f"{key}.fit_steps", self.fit_steps, "must be >= 1 (Newton steps per training step)")

@@ -32,6 +32,7 @@ from lrn.checkpoint import TrainState, apply_checkpoint, discard_newer, latest_c
 from lrn.config import Config, ConfigError
 from lrn.engines import Engine, HFEngine, SamplingSpec
 from lrn.evaluate import evaluate
+from lrn.features import prompt_features
 from lrn.grading import GradePool
 from lrn.interrupt import GracefulStop
 from lrn.logger import MetricsLogger, NullLogger, truncate_metrics
@@ -132,7 +133,8 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
     eval_engine = build_rollouts(cfg, policy, tokenizer, task, cfg.eval.batch_size, grading, engine=engine.engine)
     spec = engine.spec
     k = cfg.trainer.rollouts_per_question
-    sampler = build_sampler(cfg.sampler, task.train, cfg.trainer.batch_size, k, cfg.seed)
+    sampler = build_sampler(cfg.sampler, task.train, cfg.trainer.batch_size, k, cfg.seed,
+                            features=prompt_features(policy, tokenizer, task, cfg.rollout.batch_size))
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.ppo.lr, eps=1e-5)
     warmup = max(1, cfg.ppo.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
