@@ -184,6 +184,22 @@ def test_history_sampler_posterior_survives_resume(run_lrn, tmp_path):
     assert without_timings(read_metrics(resumed)) == without_timings(read_metrics(full))
 
 
+@pytest.mark.slow
+def test_predictive_sampler_probe_and_buffer_survive_resume(run_lrn, tmp_path):
+    """Resumed from step 4, steps 5-6 repeat exactly only if the probe, its replay buffer (features as they were
+    generated), the question counts and the RNG came back with the checkpoint."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_lrn("train", *RUN, "sampler=predictive", f"hydra.run.dir={full}")
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_6")
+    shutil.rmtree(resumed / "model")
+    state = read_tree(resumed / "checkpoints" / "step_4", "state")["sampler"]
+    assert state["probe_size"] == 4 * 4 and state["probe_step"][:16].max() == 4  # 4 steps of 4 groups
+    assert state["probe_x"].shape == (4096, 32) and state["probe_x"][:16].abs().sum() > 0  # width-32 features
+    run_lrn("train", f"resume={resumed}")
+    assert without_timings(read_metrics(resumed)) == without_timings(read_metrics(full))
+
+
 # -- in-process units (fast) -------------------------------------------------------------------------
 
 def small_run_objects():

@@ -89,6 +89,50 @@ def test_two_process_update_equals_the_single_process_update(tmp_path):
             assert stats[key] == pytest.approx(single_stats[key], rel=1e-4, abs=1e-7), (name, key)
 
 
+def predictive_run() -> dict:
+    """Prompt features of 7 questions from a tiny random policy (each rank computes its share), then 3 steps of
+    the predictive sampler on them: the features, the choices and the probe."""
+    from fakes import FakeRollouts, pool_with
+
+    from lrn.config import ArithmeticConfig
+    from lrn.features import prompt_features
+    from lrn.samplers.predictive import PredictiveSampler
+    from lrn.tasks import build_task
+
+    torch.manual_seed(0)
+    tokenizer = build_char_tokenizer()
+    policy = Policy(build_tiny_model(TinyModelConfig(layers=1, width=16, heads=2, ffn=32), tokenizer), with_value=False)
+    task = build_task(ArithmeticConfig(train_size=50, test_per_level=2, val_per_level=2))
+    features = prompt_features(policy, tokenizer, task, batch_size=2)
+    problems, rates = pool_with([0.5, 0.0, 1.0, 0.25, 0.5, 0.0, 0.75, 0.5] * 5)
+    sampler = PredictiveSampler(problems, batch_size=4, k=4, seed=0, features=features)
+    chosen = [[p.id for p in sampler.next_batch(step, FakeRollouts(rates)).problems] for step in range(1, 4)]
+    return {"features": torch.from_numpy(features(task.train[:7])), "chosen": chosen,
+            "theta": torch.from_numpy(sampler.probe.theta)}
+
+
+def _predictive_worker(rank: int, world: int, port: int, out: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))  # fakes.py, in a spawned process
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    distributed.init()
+    torch.save(predictive_run(), Path(out, f"rank{rank}.pt"))
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_predictive_features_are_sharded_and_every_rank_chooses_the_same_questions(tmp_path):
+    mp.spawn(_predictive_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    single = predictive_run()
+    assert ranks[0]["chosen"] == ranks[1]["chosen"]
+    assert torch.equal(ranks[0]["features"], ranks[1]["features"]) and torch.equal(ranks[0]["theta"], ranks[1]["theta"])
+    # each rank computed its share (4 + 3 prompts): the same numbers as one process computing all 7
+    torch.testing.assert_close(ranks[0]["features"], single["features"], rtol=1e-5, atol=1e-6)
+    assert ranks[0]["features"].shape == (7, 16)
+
+
 def _instrumented_worker(rank: int, world: int, port: int, out: str) -> None:
     """One GAE update (value head, KL reference) on 2 ranks, counting the rows each rank scores without
     gradients and the all-reduce calls of the update itself."""

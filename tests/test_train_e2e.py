@@ -68,6 +68,22 @@ def test_frontier_on_the_validation_split(run_lrn, tmp_path):
     assert len((tmp_path / "eval" / "arithmetic_val" / "records.jsonl").read_text().splitlines()) == 5 * 6
 
 
+def test_predictive_sampler_trains_at_uniforms_rollouts_and_logs_its_calibration(run_lrn, tmp_path):
+    run_lrn("train", *TINY, "sampler=predictive", "trainer.steps=4", f"hydra.run.dir={tmp_path}")
+    rows = read_metrics(tmp_path)
+    assert [r["counts/rollouts_total"] for r in rows] == [0, 16, 32, 48, 64]  # 4 questions x K = 4 a step
+    for r in rows[1:]:
+        assert r["sampler/candidates"] == 16 and r["sampler/trained_questions"] == 4  # pool_factor 4 x batch 4
+        assert r["sampler/screening_rollouts"] == 0 and r["perf/features_s"] > 0
+        assert r["sampler/mixed_frac"] == 1 - r["train/zero_signal_frac"]
+        assert 0 <= r["sampler/brier"] <= 1 and 0 <= r["sampler/brier_probe"] <= 1
+        assert r["sampler/prior_strength"] > 0
+    # deciles over the groups of the last 10 steps: from 10 groups on (step 3: 12 groups)
+    assert "sampler/calibration/d0_pred" not in rows[2] and "sampler/calibration/d9_obs" in rows[3]
+    preds = [rows[4][f"sampler/calibration/d{i}_pred"] for i in range(10)]
+    assert preds == sorted(preds)
+
+
 def test_same_seed_same_metrics_and_gae_runs(run_lrn, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run_lrn("train", *TINY, "ppo.advantage=gae", "ppo.kl_coef=0.1", f"hydra.run.dir={a}")

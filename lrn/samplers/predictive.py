@@ -123,6 +123,14 @@ class PredictiveSampler(Sampler):
         s = beta_binomial_strength(probe.right[idx], probe.made[idx], pred, probe.weights(step, idx))
         return DEFAULT_STRENGTH if s is None else float(np.clip(s, *STRENGTH_RANGE))
 
+    def posterior(self, step: int, idx: np.ndarray, p_probe: np.ndarray, strength: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """(alpha, beta) of questions ``idx``: the prior Beta(s p, s (1 - p)) around the probe's p, plus
+        each question's own decayed counts."""
+        c = self.counts
+        w = c.weights(step, idx)
+        return strength * p_probe + c.right[idx] * w, strength * (1 - p_probe) + c.wrong[idx] * w
+
     # -- selection --------------------------------------------------------------------------------
 
     def select(self, step: int, rollout_fn: RolloutFn, n: int) -> Pick:
@@ -137,9 +145,7 @@ class PredictiveSampler(Sampler):
         self.probe.set_params(fit[0])
         s = fit[1]
         p_probe = np.clip(self.probe.predict(x), P_CLIP, 1 - P_CLIP)
-        c = self.counts
-        w = c.weights(step, drawn)
-        a, b = s * p_probe + c.right[drawn] * w, s * (1 - p_probe) + c.wrong[drawn] * w
+        a, b = self.posterior(step, drawn, p_probe, s)
         n_mix = round(self.share * n)
         rest = np.arange(n_mix, len(drawn))
         chosen = rest[top_n(thompson_mixed(a[rest], b[rest], self.k, self.rng), n - n_mix, self.rng)]
