@@ -2,6 +2,10 @@
 
     python benchmarks/step.py --arch qwen2.5-0.5b --layers 2 --questions 4 --k 4 --new-tokens 32
     python benchmarks/step.py --arch qwen2.5-0.5b --questions 64 --k 8 --new-tokens 512 --sampler learnability  # GPU
+    python benchmarks/step.py --arch qwen2.5-0.5b --layers 2 --questions 32 --k 8 --sampler predictive --steps 4
+
+``--sampler predictive`` adds its prompt-only forward of the candidates and its probe fit to the select
+phase (also reported alone: features s, probe s).
 
 Answers have a fixed length (no end-of-sequence id: a random model would stop at random), so every
 run of a shape generates the same number of tokens. Reports seconds per phase, generated tokens per
@@ -23,8 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from archs import build  # noqa: E402
 
 from lrn.batch import collate  # noqa: E402
-from lrn.config import ArithmeticConfig, LearnabilitySamplerConfig, PPOConfig, UniformSamplerConfig  # noqa: E402
+from lrn.config import (  # noqa: E402
+    ArithmeticConfig,
+    LearnabilitySamplerConfig,
+    PPOConfig,
+    PredictiveSamplerConfig,
+    UniformSamplerConfig,
+)
 from lrn.engines import HFEngine, SamplingSpec  # noqa: E402
+from lrn.features import prompt_features  # noqa: E402
 from lrn.grading import GradePool  # noqa: E402
 from lrn.models import build_char_tokenizer  # noqa: E402
 from lrn.policy import Policy  # noqa: E402
@@ -39,7 +50,7 @@ def main() -> None:
     ap.add_argument("--arch", default="qwen2.5-0.5b")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
-    ap.add_argument("--sampler", default="uniform", choices=["uniform", "learnability"])
+    ap.add_argument("--sampler", default="uniform", choices=["uniform", "learnability", "predictive"])
     ap.add_argument("--questions", type=int, default=4, help="questions trained on per step")
     ap.add_argument("--k", type=int, default=4, help="answers per question")
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -56,8 +67,10 @@ def main() -> None:
     spec = SamplingSpec(max_new_tokens=args.new_tokens, temperature=0.6, top_p=0.9)  # no EOS: fixed lengths
     engine = RolloutEngine(HFEngine(lm, tok, args.rollout_batch, policy.autocast), tok, task, spec,
                            GradePool("integer"))
-    sampler_cfg = LearnabilitySamplerConfig() if args.sampler == "learnability" else UniformSamplerConfig()
-    sampler = build_sampler(sampler_cfg, task.train, args.questions, args.k, seed=0)
+    sampler_cfg = {"uniform": UniformSamplerConfig, "learnability": LearnabilitySamplerConfig,
+                   "predictive": PredictiveSamplerConfig}[args.sampler]()
+    sampler = build_sampler(sampler_cfg, task.train, args.questions, args.k, seed=0,
+                            features=prompt_features(policy, tok, task, args.rollout_batch))
     cfg = PPOConfig(lr=1e-6, epochs=2, minibatches=max(1, args.questions * args.k // 64), micro_batch_size=args.micro)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
 
@@ -69,6 +82,7 @@ def main() -> None:
         engine.reset_counters()
         t0 = time.perf_counter()
         selection = sampler.next_batch(step, engine.rollout)
+        extra = {k: v for k, v in selection.stats.items() if k in ("perf/features_s", "perf/probe_s")}
         sync()
         t1 = time.perf_counter()
         batch = collate([r for g in selection.rollouts for r in g], tok.pad_token_id, device)
@@ -84,10 +98,12 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{args.arch} ({args.layers or 'all'} layers), {name}, compute {args.dtype}, sampler {args.sampler}: "
           f"{args.questions} questions x {args.k} answers x {args.new_tokens} new tokens")
-    print("| rollouts | generated tokens | select+rollout s | score s | update s | step s | tokens/s | peak GB |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| rollouts | generated tokens | select+rollout s | score s | update s | step s | tokens/s | peak GB "
+          "| features s | probe s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {spent.rollouts} | {spent.tokens} | {t1 - t0:.2f} | {t2 - t1:.2f} | {t3 - t2:.2f} | {t3 - t0:.2f} | "
-          f"{spent.tokens / spent.generate_s:.0f} | {peak / 1024**3:.2f} |")
+          f"{spent.tokens / spent.generate_s:.0f} | {peak / 1024**3:.2f} | "
+          f"{extra.get('perf/features_s', 0):.3f} | {extra.get('perf/probe_s', 0):.3f} |")
 
 
 if __name__ == "__main__":
