@@ -66,7 +66,7 @@ def test_invalid_configs_name_the_key(overrides, message):
 @pytest.mark.parametrize("args, message", [
     (["trainer.batch_size=0"], "trainer.batch_size=0 is invalid: must be >= 1"),
     (["sampler=nope"], "sampler=nope: no such option; available: dynamic_filter, frontier, learnability, "
-                       "learnability_adaptive, learnability_history, uniform"),
+                       "learnability_adaptive, learnability_history, predictive, uniform"),
     (["ppo.lrr=1"], "Could not override 'ppo.lrr'"),
     (["-m", "sampler=uniform,learnability", "trainer.rollouts_per_question=1"], "sampler=learnability needs K >= 2"),
     (["seed=[1"], "no viable alternative"),
@@ -81,7 +81,7 @@ def test_cli_config_errors_are_one_line_with_exit_code_2(run_lrn, args, message)
 
 def test_cli_help_and_cfg(run_lrn):
     help_text = run_lrn("train", "--help").stdout
-    groups = "sampler: dynamic_filter, frontier, learnability, learnability_adaptive, learnability_history, uniform"
+    groups = "sampler: dynamic_filter, frontier, learnability, learnability_adaptive, learnability_history, predictive, uniform"
     assert groups in help_text and "== Config ==" in help_text
     cfg_text = run_lrn("train", "--cfg", "sampler=uniform", "seed=5").stdout
     assert "name: uniform" in cfg_text and "seed: 5" in cfg_text
