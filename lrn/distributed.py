@@ -24,12 +24,14 @@ T = TypeVar("T")
 
 
 def launched() -> bool:
-    """Whether a launcher started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether a launcher (torchrun, accelerate launch) started this process, even as its only process."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def init() -> None:
-    """Join the process group of a multi-process launch (once); a no-op for a single process."""
+    """Join the process group of a launch (once), and make one collective call so that the backend's
+    communicators exist (NCCL creates them lazily); a no-op without a launcher. A launch of one process
+    joins a group of one: every function here then acts as for a single process."""
     if not launched() or dist.is_initialized():
         return
     # torch.distributed.nn binds ``group.WORLD`` as default arguments when it is first imported (the
@@ -40,9 +42,10 @@ def init() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
     else:
         dist.init_process_group("gloo")
+    dist.barrier()
 
 
 def active() -> bool:

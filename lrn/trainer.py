@@ -82,6 +82,18 @@ def build_rollouts(cfg: Config, policy: Policy, tokenizer, task: Task, batch_siz
     return rollouts
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """This rank's peak memory: on a GPU the most allocated since the last call (the step's), on CPU the
+    process's resident high-water mark so far (the kernel keeps no per-step one)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
 def grade_pool(cfg: Config) -> GradePool:
     """Worker processes for the math grader (``rollout.grade_workers``); the others grade inline."""
     return GradePool(cfg.dataset.grader, cfg.rollout.grade_workers if cfg.dataset.grader == "math" else 0)
@@ -248,6 +260,7 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
                     "perf/advantage_s": advantage_s, "perf/update_s": update_s,
                     "perf/weight_sync_s": sync_s,
                     "perf/tokens_per_s": counts["tokens"] / max(spent.generate_s, 1e-9),
+                    "perf/peak_memory_gb": peak_memory_gb(policy.device),
                 }
                 if eval_due:
                     row.update(run_eval(step))
