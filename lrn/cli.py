@@ -152,7 +152,8 @@ def train_job(cfg: DictConfig) -> dict:
         resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
         OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
         os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
-        log.info("run directory: %s (processes: %d)", run_dir, distributed.world())
+        log.info("run directory: %s (processes: %d, process group: %s)", run_dir, distributed.world(),
+                 distributed.backend())
     main = distributed.is_main()  # asked now: a vLLM engine's shutdown at the run's end ends the process group
     try:
         return train(config, run_dir)

@@ -48,6 +48,11 @@ def init() -> None:
     dist.barrier()
 
 
+def backend() -> str:
+    """The process group's backend (nccl, gloo), or ``none`` without a launcher."""
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

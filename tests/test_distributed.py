@@ -206,13 +206,23 @@ def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, lau
     if launcher is ACCELERATE:  # its default port 29500 can still be held by the previous launch: take a free one
         launcher = [*ACCELERATE, f"--main_process_port={free_port()}"]
     proc = launch(cache_dir, tmp_path, *EIGHT, launcher=launcher)  # no hydra.run.dir: ranks agree on ${now:...}
-    assert "(processes: 2)" in proc.stderr + proc.stdout
+    assert "(processes: 2, process group: gloo)" in proc.stderr + proc.stdout
     (metrics,) = list((tmp_path / "outputs").glob("*/*/metrics.jsonl"))
     rows = read_metrics(metrics.parent)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert rows[-1]["counts/rollouts_total"] == 3 * 8 * 4 * 8  # steps x questions x pool factor x K
     assert (metrics.parent / "model" / "config.json").exists()
     assert len(list((metrics.parent / ".hydra").iterdir())) == 3  # written once, by rank 0
+
+
+@pytest.mark.slow
+def test_a_launch_of_one_process_joins_a_group_of_one(cache_dir, tmp_path):
+    """torchrun --nproc-per-node=1 joins a process group of one (NCCL on a GPU: the device check's path),
+    and trains as a single process does."""
+    launcher = [TORCHRUN[0], "--standalone", "--nproc-per-node=1"]
+    proc = launch(cache_dir, tmp_path, *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path / 'run'}", launcher=launcher)
+    assert "(processes: 1, process group: gloo)" in proc.stderr + proc.stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 1]
 
 
 @pytest.mark.slow
