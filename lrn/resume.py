@@ -20,7 +20,8 @@ from lrn.config import Config, ConfigError
 # logging, where the warm start is cached, and the two non-finite switches (so a run stopped by a
 # NaN can go on with skips).
 HARMLESS = (
-    "resume", "force_resume", "run_name", "trainer.steps", "trainer.eval_every", "trainer.checkpoint_every",
+    "resume", "force_resume", "run_name", "trainer.steps", "trainer.eval_every", "trainer.eval_dense_until",
+    "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.debug_nan_step", "ppo.skip_nonfinite", "rollout.batch_size",
     "eval.batch_size", "eval.output_dir", "logger.", "model.warm_start.cache_dir",
 )

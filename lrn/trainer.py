@@ -200,7 +200,7 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
             for step in range(state.step + 1, cfg.trainer.steps + 1):
                 t_step = time.perf_counter()
                 engine.reset_counters()
-                eval_due = step % cfg.trainer.eval_every == 0 or step == cfg.trainer.steps
+                eval_due = cfg.trainer.eval_due(step)
                 # the engine's log-probs: for truncated importance sampling, or for rollout/logprob_diff,
                 # which is logged on evaluation steps
                 engine.start_step(step, logprobs=cfg.ppo.tis_cap is not None or eval_due)

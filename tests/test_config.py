@@ -105,3 +105,10 @@ def test_hf_stays_the_default_engine_and_vllm_settings_default_to_auto():
     explicit = to_config(compose(["rollout.vllm.max_model_len=2048", "rollout.vllm.sleep=false"])).rollout.vllm
     assert (explicit.max_model_len, explicit.sleep) == (2048, False)
     assert to_config(compose(["rollout.vllm.max_model_len=null"])).rollout.vllm.max_model_len is None
+
+
+def test_evaluation_steps_every_n_and_dense_at_the_start():
+    trainer = to_config({"trainer": {"steps": 23, "eval_every": 10, "eval_dense_until": 3}}).trainer
+    assert [s for s in range(24) if trainer.eval_due(s)] == [0, 1, 2, 3, 10, 20, 23]
+    with pytest.raises(ConfigError, match="trainer.eval_dense_until"):
+        to_config({"trainer": {"eval_dense_until": -1}})
