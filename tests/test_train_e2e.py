@@ -79,20 +79,52 @@ def test_same_seed_same_metrics_and_gae_runs(run_lrn, tmp_path):
     assert "loss/value" in ra[1] and "ppo/kl" in ra[1]
 
 
+def tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_existing_run_directory_is_never_overwritten(run_lrn, tmp_path):
     run_lrn("train", *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path}")
-    before = (tmp_path / "metrics.jsonl").read_text()
-    proc = run_lrn("train", *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path}", check=False)
-    assert proc.returncode == 2 and "already exists" in proc.stderr
-    assert (tmp_path / "metrics.jsonl").read_text() == before
+    before = tree(tmp_path)
+    # refused before Hydra writes: .hydra/overrides.yaml still says what this run was, not seed=7
+    proc = run_lrn("train", *TINY, "seed=7", "eval.limit=10", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: {tmp_path}/metrics.jsonl already exists; choose another hydra.run.dir so no run is overwritten "
+        f"(to continue that run: lrn train resume={tmp_path})"]
+    assert tree(tmp_path) == before
+    assert "seed=7" not in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_only_a_new_directory_or_an_lrn_run_is_written_and_run_name_stays_inside_outputs(run_lrn, tmp_path):
+    model = tmp_path / "model"  # e.g. a saved model: lrn must not write beside (or over) its files
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    proc = run_lrn("train", *TINY, f"hydra.run.dir={model}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: {model} is not empty and not an lrn run directory (it holds config.json); lrn writes only "
+        "into a new directory or its own runs: choose another hydra.run.dir"]
+    assert tree(model) == {"config.json": b'{"model_type": "llama"}'}
+    proc = run_lrn("train", *TINY, "run_name=x/../../../escaped", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "lrn: error: run_name='x/../../../escaped' is invalid: it names the run directory inside outputs/: no '/', "
+        "'\\' or '..'"]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_multirun_sweep_makes_one_run_directory_per_job(run_lrn, tmp_path):
-    run_lrn("train", "-m", *TINY, "trainer.steps=1", "sampler=uniform,learnability", "seed=0,1",
-            f"hydra.sweep.dir={tmp_path}")
+    sweep = ["train", "-m", *TINY, "trainer.steps=1", "sampler=uniform,learnability", "seed=0,1",
+             f"hydra.sweep.dir={tmp_path}"]
+    run_lrn(*sweep)
     runs = sorted(p.parent for p in tmp_path.glob("*/metrics.jsonl"))
     assert len(runs) == 4
+    # the same sweep again: its first job's directory is a finished run, so nothing at all is written
+    before = tree(tmp_path)
+    proc = run_lrn(*sweep, check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: sweep job refused: {runs[0]}/metrics.jsonl already exists; choose another hydra.run.dir so no "
+        f"run is overwritten (to continue that run: lrn train resume={runs[0]})"]
+    assert tree(tmp_path) == before  # multirun.yaml and every job's .hydra/ included
     names = {p.name.split("_", 1)[1] for p in runs}
     assert names == {f"{s}-arithmetic-s{seed}" for s in ("uniform", "learnability") for seed in (0, 1)}
     # lrn compare reads the real sweep output: two groups of two seeds, files written
