@@ -1,5 +1,6 @@
 """Checkpoints and exact resume: a run that is killed, interrupted or damaged continues exactly."""
 
+import hashlib
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY
+from safetensors.torch import load_file
 
 from lrn.batch import PPOBatch
 from lrn.checkpoint import (
@@ -132,6 +134,35 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(run_lrn, baseline,
     assert latest_checkpoint(run_dir / "checkpoints").path.name == "step_6"  # rewritten, valid again
 
 
+def flip(path: Path, offset: int, length: int) -> None:
+    """Invert ``length`` bytes of ``path`` from ``offset``: damage that keeps the file's size."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + length] = bytes(b ^ 0xFF for b in data[offset:offset + length])
+    path.write_bytes(bytes(data))
+
+
+def warnings(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if "][WARNING] - " in ln]
+
+
+@pytest.mark.slow
+def test_flipped_bytes_in_the_newest_weights_fall_back_to_the_previous_checkpoint(run_lrn, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    weights = run_dir / "checkpoints" / "step_6" / "model" / "model.safetensors"
+    size = weights.stat().st_size
+    flip(weights, size // 2, 4096)  # inside the tensors: the header still parses and every size still matches
+    assert weights.stat().st_size == size and load_file(str(weights)).keys()
+    proc = run_lrn("train", f"resume={run_dir}")
+    output = proc.stdout + proc.stderr  # Hydra logs to stdout
+    (warning,) = warnings(output)
+    assert warning.endswith(f"damaged checkpoint, skipped: {weights}: contents changed since it was written "
+                            "(SHA-256 differs from manifest.json)")
+    assert f"resuming {run_dir} from {run_dir / 'checkpoints' / 'step_4'}" in output
+    assert_same_as_uninterrupted(run_dir, baseline)
+    assert latest_checkpoint(run_dir / "checkpoints").path.name == "step_6"  # rewritten, valid again
+
+
 @pytest.mark.slow
 def test_nonfinite_loss_stops_the_run_or_is_skipped(run_lrn, tmp_path):
     stopped, skipped = tmp_path / "stopped", tmp_path / "skipped"
@@ -223,10 +254,10 @@ def test_damaged_checkpoints_are_skipped_with_a_warning_naming_the_file(tmp_path
         write_checkpoint(root, step, *objects, TrainState(step=step, history=[(0, 0.5)]), keep=2)
     assert [p.name for p in list_checkpoints(root)] == ["step_3", "step_2"]
     state_json = root / "step_3" / "state.json"
-    state_json.write_text("x" * state_json.stat().st_size)  # same size, garbage
+    state_json.write_text("x" * state_json.stat().st_size)  # same size, garbage: its checksum gives it away
     ckpt = latest_checkpoint(root)
     assert ckpt.path.name == "step_2" and ckpt.state.history == [(0, 0.5)]
-    assert f"{state_json}: unreadable" in caplog.text
+    assert f"{state_json}: contents changed since it was written" in caplog.text
     policy, _, optimizer, schedule, sampler = small_run_objects()
     assert apply_checkpoint(ckpt, policy, optimizer, schedule, sampler).step == 2
     head = root / "step_2" / "value_head.safetensors"
@@ -248,6 +279,24 @@ def test_resume_overrides_and_config_changes(tmp_path):
     # where the warm start is cached (another machine's LRN_CACHE) does not change the experiment
     moved = {**new, "seed": 0, "model": {"warm_start": {"cache_dir": "/other"}}}
     assert config_changes({**old, "model": {"warm_start": {"cache_dir": "/mine"}}}, moved) == []
+
+
+def test_flipped_weight_bytes_are_found_by_the_checksum_before_anything_is_loaded(tmp_path, caplog):
+    objects = small_run_objects()
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        write_checkpoint(root, step, *objects, TrainState(step=step, history=[(0, 0.5)]), keep=2)
+    manifest = json.loads((root / "step_2" / "manifest.json").read_text())
+    weights = root / "step_2" / "model" / "model.safetensors"
+    assert manifest["files"]["model/model.safetensors"] == {"size": weights.stat().st_size,
+                                                            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    flip(weights, weights.stat().st_size // 2, 64)
+    assert load_file(str(weights)).keys()  # still a well-formed file of the same size: only the checksum tells
+    ckpt = latest_checkpoint(root)
+    assert ckpt.path.name == "step_1"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"damaged checkpoint, skipped: {weights}: contents changed since it was written (SHA-256 differs from "
+        "manifest.json)"]
 
 
 def test_truncate_metrics_drops_later_and_partial_rows(tmp_path):
