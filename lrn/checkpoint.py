@@ -12,7 +12,8 @@
 - ``manifest.json``, written last: every file above with its size and SHA-256.
 
 A checkpoint is written into a temporary directory and renamed into place, so a kill at any moment
-leaves the earlier checkpoints intact. Reading checks every file against the
+leaves the earlier checkpoints intact; a failed write (disk full, read-only) removes the temporary
+directory and raises :class:`lrn.storage.WriteError`. Reading checks every file against the
 manifest first, so a file changed after it was written (flipped bytes of the same size included) is
 found before a single weight is loaded. Only safe loaders are used: safetensors and JSON.
 """
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from lrn.storage import writing
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # 2: sizes and SHA-256 of every file; 1 (read still): sizes only
@@ -170,33 +173,37 @@ def sha256(path: Path) -> str:
 
 def write_checkpoint(root: Path, step: int, policy, tokenizer, optimizer, scheduler, sampler, state: TrainState,
                      keep: int) -> Path:
-    """Write ``root/step_<step>`` atomically, then delete all but the newest ``keep`` checkpoints."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write ``root/step_<step>`` atomically, then delete all but the newest ``keep`` checkpoints.
+
+    A failed write raises :class:`lrn.storage.WriteError` and leaves no ``step_<step>`` behind."""
     final = root / f"step_{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    try:
-        policy.lm.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-        if policy.value_head is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                      str(tmp / "value_head.safetensors"))
-        write_tree(tmp, "optimizer", {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-        write_tree(tmp, "state", {"trainer": dataclasses.asdict(state), "sampler": sampler.state_dict(),
-                                  "rng": rng_state()})
-        files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                _fsync(p)
-        if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
-            final.rename(root / f".old-{final.name}-{os.getpid()}")
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing("checkpoint", final):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            policy.lm.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+            if policy.value_head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                          str(tmp / "value_head.safetensors"))
+            write_tree(tmp, "optimizer", {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+            write_tree(tmp, "state", {"trainer": dataclasses.asdict(state), "sampler": sampler.state_dict(),
+                                      "rng": rng_state()})
+            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+                     for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files},
+                                                          indent=1))
+            for p in tmp.rglob("*"):
+                if p.is_file():
+                    _fsync(p)
+            if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
+                final.rename(root / f".old-{final.name}-{os.getpid()}")
+            os.replace(tmp, final)
+            _fsync(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     prune(root, keep)
     return final
 

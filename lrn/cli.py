@@ -185,8 +185,10 @@ def train_job(cfg: DictConfig) -> dict:
     """One Hydra job: validate, prepare the run directory, train."""
     from hydra.core.hydra_config import HydraConfig
 
-    from lrn.checkpoint import CheckpointError
-    from lrn.trainer import RunStopped, train
+    from lrn.checkpoint import CheckpointError, list_checkpoints
+    from lrn.interrupt import GracefulStop
+    from lrn.storage import WriteError
+    from lrn.trainer import RunStopped, train, write_failed
 
     try:
         config = to_config(cfg)
@@ -199,20 +201,37 @@ def train_job(cfg: DictConfig) -> dict:
         except RunDirError as e:
             fail(str(e))
     distributed.barrier()  # rank 0 holds the directory before anyone writes
-    if distributed.is_main():
-        # the experiment's config, without the keys of this invocation (so resumed runs compare as equal)
-        resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
+    with GracefulStop() as stop:  # a signal from here on ends the run in one line, at the trainer's next check
+        try:
+            failed = None
+            if distributed.is_main():
+                try:
+                    save_resolved_config(config, run_dir)
+                except WriteError as e:
+                    failed = str(e)
+                log.info("run directory: %s (processes: %d)", run_dir, distributed.world())
+            failed = distributed.broadcast_object(failed)
+            if failed:  # before training: a resumed run's newest checkpoint is still its last good one
+                newest = list_checkpoints(run_dir / "checkpoints")[:1] if config.resume else []
+                raise write_failed(failed, run_dir, newest[0] if newest else None)
+            return train(config, run_dir, stop)
+        except (ConfigError, CheckpointError) as e:
+            fail(str(e))
+        except RunStopped as e:
+            if distributed.is_main():
+                typer.echo(f"lrn: {e}", err=True)
+            raise SystemExit(e.exit_code) from None
+
+
+def save_resolved_config(config: Config, run_dir: Path) -> None:
+    """``resolved_config.yaml``: the experiment's config without the keys of this invocation (so that a resumed
+    run compares equal with it), replaced atomically."""
+    from lrn.storage import writing
+
+    resolved = OmegaConf.structured(dataclasses.replace(config, resume=None, force_resume=False))
+    with writing("the resolved config", run_dir / "resolved_config.yaml"):
         OmegaConf.save(resolved, run_dir / "resolved_config.yaml.tmp")
         os.replace(run_dir / "resolved_config.yaml.tmp", run_dir / "resolved_config.yaml")
-        log.info("run directory: %s (processes: %d)", run_dir, distributed.world())
-    try:
-        return train(config, run_dir)
-    except (ConfigError, CheckpointError) as e:
-        fail(str(e))
-    except RunStopped as e:
-        if distributed.is_main():
-            typer.echo(f"lrn: {e}", err=True)
-        raise SystemExit(e.exit_code) from None
 
 
 @app.command(context_settings=HYDRA_ARGS)
