@@ -351,7 +351,7 @@ def eval_command(ctx: typer.Context) -> None:
 
     from lrn.evaluate import evaluate, write_results
     from lrn.logger import MetricsLogger
-    from lrn.models import load_policy, prepare_task
+    from lrn.models import context_length, fit_prompts, load_policy, prepare_task
     from lrn.policy import Policy, compute_dtype
     from lrn.progress import eval_progress, print_eval
     from lrn.tasks import build_task
@@ -369,6 +369,8 @@ def eval_command(ctx: typer.Context) -> None:
         task = build_task(config.dataset, evaluation=True)
         lm, tokenizer = load_policy(config.model, config.dataset)
         prepare_task(task, tokenizer, config.model)
+        fit_prompts(task, tokenizer, context_length(lm, config.rollout), config.dataset.long_prompts,
+                    config.eval.limit)
         policy = Policy(lm, with_value=False, dtype=compute_dtype(config.model.dtype, lm.device))
     except ConfigError as e:
         fail(str(e))

@@ -33,7 +33,7 @@ from lrn.evaluate import evaluate
 from lrn.grading import GradePool
 from lrn.interrupt import GracefulStop
 from lrn.logger import MetricsLogger, NullLogger, truncate_metrics
-from lrn.models import eos_ids, load_policy, prepare_task
+from lrn.models import context_length, eos_ids, fit_prompts, load_policy, prepare_task
 from lrn.policy import Policy, compute_dtype
 from lrn.progress import TrainProgress, print_summary
 from lrn.rollout import RolloutEngine, sharded
@@ -139,6 +139,7 @@ def _train(cfg: Config, run_dir: Path, stop: GracefulStop) -> dict:
     with distributed.main_first():  # rank 0 fills the warm-start cache, the others read it
         lm, tokenizer = load_policy(cfg.model, cfg.dataset)
     prepare_task(task, tokenizer, cfg.model)
+    fit_prompts(task, tokenizer, context_length(lm, cfg.rollout), cfg.dataset.long_prompts, cfg.eval.limit)
     seed_everything(cfg.seed)  # after the (cached or not) warm start, so both paths match; the same on all ranks
     policy = Policy(lm, with_value=cfg.ppo.advantage == "gae", dtype=compute_dtype(cfg.model.dtype, lm.device),
                     reference=cfg.ppo.kl_coef > 0)

@@ -347,6 +347,11 @@ def test_resume_overrides_and_config_changes(tmp_path):
     # where the warm start is cached (another machine's LRN_CACHE) does not change the experiment
     moved = {**new, "seed": 0, "model": {"warm_start": {"cache_dir": "/other"}}}
     assert config_changes({**old, "model": {"warm_start": {"cache_dir": "/mine"}}}, moved) == []
+    # a key lrn gained after the run started (dataset.long_prompts) is no change at its default, one otherwise
+    defaults = {"dataset": {"long_prompts": "refuse"}}
+    assert config_changes(old, {**old, "dataset": {"long_prompts": "refuse"}}, defaults) == []
+    assert config_changes(old, {**old, "dataset": {"long_prompts": "drop"}}, defaults) == [
+        ("dataset.long_prompts", "<absent>", "drop")]
 
 
 def test_flipped_weight_bytes_are_found_by_the_checksum_before_anything_is_loaded(tmp_path, caplog):

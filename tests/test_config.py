@@ -53,6 +53,7 @@ def test_default_config_values():
     (["rollout.vllm.dtype=int8"], "rollout.vllm.dtype='int8' is invalid"),
     (["ppo.tis_cap=0"], "ppo.tis_cap=0.0 is invalid: must be > 0 or null (off)"),
     (["run_name=../../elsewhere"], "run_name='../../elsewhere' is invalid: it names the run directory inside outputs/"),
+    (["dataset.long_prompts=truncate"], "dataset.long_prompts='truncate' is invalid: allowed: refuse"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:
