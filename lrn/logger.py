@@ -20,10 +20,20 @@ from lrn.storage import writing
 log = logging.getLogger(__name__)
 
 
+WANDB_ENV_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "dryrun": "offline",
+                   "run": "online"}  # WANDB_MODE values W&B accepts, as logger.wandb.mode names them
+
+
 def wandb_mode(requested: str) -> str:
-    """``auto``: online when an API key is configured (env or ~/.netrc), offline otherwise."""
+    """``auto``: the environment's ``WANDB_MODE`` if set; else online when an API key is configured (env or
+    ~/.netrc), offline otherwise. An explicit ``logger.wandb.mode`` is used as given."""
     if requested != "auto":
         return requested
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in WANDB_ENV_MODES:
+        return WANDB_ENV_MODES[env]
+    if env:
+        log.warning("WANDB_MODE=%s is not one of %s; ignored", env, ", ".join(WANDB_ENV_MODES))
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:

@@ -36,6 +36,7 @@ def test_train_writes_metrics_and_changes_parameters(run_lrn, cache_dir, tmp_pat
     assert rows[1]["sampler/screening_rollouts"] == (per_step - 16)
     assert all(r["sampler/trained_questions"] == 4 for r in rows[1:])  # trainer.batch_size
     assert (tmp_path / "resolved_config.yaml").exists() and (tmp_path / ".hydra" / "overrides.yaml").exists()
+    assert not (tmp_path / "wandb").exists()  # logger.wandb.mode=disabled: no W&B files at all
     # the final policy differs from the warm-started one it started from
     (start,) = list((cache_dir / "warmstart").glob("*/model.safetensors"))
     before, after = load_file(start), load_file(tmp_path / "model" / "model.safetensors")
@@ -153,3 +154,26 @@ def test_every_sampler_trains_through_the_cli_and_compare_ranks_them(run_lrn, tm
     proc = run_lrn("compare", str(tmp_path), "--target", "0.0")
     for name in samplers:
         assert f"sampler.name={name}" in proc.stdout
+
+
+def test_wandb_mode_auto_follows_the_environment_and_an_explicit_mode_wins(monkeypatch, tmp_path):
+    from lrn.logger import wandb_mode
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode("auto") == "online"
+    for env, mode in (("disabled", "disabled"), ("offline", "offline"), ("dryrun", "offline"), ("online", "online")):
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert wandb_mode("auto") == mode  # the environment wins over the key
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("offline") == "offline"  # logger.wandb.mode given explicitly wins over the environment
+
+
+def test_wandb_mode_disabled_in_the_environment_leaves_no_wandb_files(run_lrn, tmp_path):
+    run_lrn("train", *TINY, "trainer.steps=1", "logger.wandb.mode=auto", f"hydra.run.dir={tmp_path}",
+            env={"WANDB_MODE": "disabled"})
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]
+    assert not (tmp_path / "wandb").exists()
