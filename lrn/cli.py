@@ -194,10 +194,14 @@ def train_job(cfg: DictConfig) -> dict:
         config = to_config(cfg)
     except ConfigError as e:
         fail(str(e))
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     if distributed.is_main():
-        try:  # held since the command's claim, but by the jobs of a launcher other than the basic one (submitit)
-            rundir.acquire(run_dir, resume=config.resume is not None)
+        # held since the command's claim, but by the jobs of a launcher other than the basic one (submitit),
+        # which take it here, after Hydra has written this job's own files
+        own = tuple(name for name in (hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log") if name)
+        try:
+            rundir.acquire(run_dir, resume=config.resume is not None, own=own)
         except RunDirError as e:
             fail(str(e))
     distributed.barrier()  # rank 0 holds the directory before anyone writes

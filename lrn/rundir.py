@@ -101,8 +101,11 @@ def check_not_held(run_dir: Path) -> None:
         os.close(fd)
 
 
-def check_contents(run_dir: Path, resume: bool) -> None:
-    """Refuse a directory that is not new or an lrn run, or (a new run) one that already has metrics."""
+def check_contents(run_dir: Path, resume: bool, own: tuple[str, ...] = ()) -> None:
+    """Refuse a directory that is not new or an lrn run, or (a new run) one that already has metrics.
+
+    ``own``: names this job has written there already (Hydra's ``.hydra`` and log file, for a job whose
+    launcher ran it before it could lock), which do not make the directory someone else's."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return
@@ -113,20 +116,20 @@ def check_contents(run_dir: Path, resume: bool) -> None:
     if (run_dir / "metrics.jsonl").exists():
         raise RunDirError(f"{run_dir}/metrics.jsonl already exists; choose another hydra.run.dir so no run is "
                           f"overwritten (to continue that run: lrn train resume={run_dir})")
-    names = sorted(p.name for p in run_dir.iterdir())
+    names = sorted(p.name for p in run_dir.iterdir() if p.name not in own)
     if names and not any(name in MARKERS for name in names):
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise RunDirError(f"{run_dir} is not empty and not an lrn run directory (it holds {shown}); lrn writes only "
                           "into a new directory or its own runs: choose another hydra.run.dir")
 
 
-def check(run_dir: Path, resume: bool = False) -> None:
+def check(run_dir: Path, resume: bool = False, own: tuple[str, ...] = ()) -> None:
     """Everything :func:`acquire` refuses, found without writing anything."""
     check_not_held(run_dir)
-    check_contents(run_dir, resume)
+    check_contents(run_dir, resume, own)
 
 
-def acquire(run_dir: Path, resume: bool = False) -> None:
+def acquire(run_dir: Path, resume: bool = False, own: tuple[str, ...] = ()) -> None:
     """Take ``run_dir`` for this process until it ends (or :func:`release_all`); a no-op if already held.
 
     Checks first, so that nothing is created in a directory that is refused; then creates the
@@ -136,7 +139,7 @@ def acquire(run_dir: Path, resume: bool = False) -> None:
     if holds(run_dir):
         return
     run_dir = Path(run_dir)
-    check(run_dir, resume)
+    check(run_dir, resume, own)
     lock = run_dir / LOCK_NAME
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +159,7 @@ def acquire(run_dir: Path, resume: bool = False) -> None:
         log.warning("cannot lock %s (%s): a second lrn process in this directory would not be refused", lock,
                     e.strerror)
     try:
-        check_contents(run_dir, resume)
+        check_contents(run_dir, resume, own)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": datetime.datetime.now().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
