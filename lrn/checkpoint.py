@@ -9,15 +9,19 @@
   (tensors in the first file, the structure around them in the second);
 - ``state.safetensors`` + ``state.json``: step, cumulative totals, evaluation history, elapsed
   seconds, W&B run id, sampler state and every RNG state (Python, NumPy, torch CPU and CUDA);
-- ``manifest.json``, written last: every file above with its size.
+- ``manifest.json``, written last: every file above with its size and SHA-256.
 
 A checkpoint is written into a temporary directory and renamed into place, so a kill at any moment
-leaves the earlier checkpoints intact. Only safe loaders are used: safetensors and JSON.
+leaves the earlier checkpoints intact; a failed write (disk full, read-only) removes the temporary
+directory and raises :class:`lrn.storage.WriteError`. Reading checks every file against the
+manifest first, so a file changed after it was written (flipped bytes of the same size included) is
+found before a single weight is loaded. Only safe loaders are used: safetensors and JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -33,8 +37,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lrn.storage import writing
+
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: sizes and SHA-256 of every file; 1 (read still): sizes only
 STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -164,34 +170,44 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def write_checkpoint(root: Path, step: int, policy, tokenizer, optimizer, scheduler, sampler, state: TrainState,
                      keep: int) -> Path:
-    """Write ``root/step_<step>`` atomically, then delete all but the newest ``keep`` checkpoints."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write ``root/step_<step>`` atomically, then delete all but the newest ``keep`` checkpoints.
+
+    A failed write raises :class:`lrn.storage.WriteError` and leaves no ``step_<step>`` behind."""
     final = root / f"step_{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    try:
-        policy.lm.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-        if policy.value_head is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                      str(tmp / "value_head.safetensors"))
-        write_tree(tmp, "optimizer", {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-        write_tree(tmp, "state", {"trainer": dataclasses.asdict(state), "sampler": sampler.state_dict(),
-                                  "rng": rng_state()})
-        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                _fsync(p)
-        if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
-            final.rename(root / f".old-{final.name}-{os.getpid()}")
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing("checkpoint", final):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            policy.lm.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+            if policy.value_head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                          str(tmp / "value_head.safetensors"))
+            write_tree(tmp, "optimizer", {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+            write_tree(tmp, "state", {"trainer": dataclasses.asdict(state), "sampler": sampler.state_dict(),
+                                      "rng": rng_state()})
+            files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+                     for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files},
+                                                          indent=1))
+            for p in tmp.rglob("*"):
+                if p.is_file():
+                    _fsync(p)
+            if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
+                final.rename(root / f".old-{final.name}-{os.getpid()}")
+            os.replace(tmp, final)
+            _fsync(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     prune(root, keep)
     return final
 
@@ -227,14 +243,21 @@ def read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{manifest_path}: missing (the checkpoint was never completed)")
     manifest = _read(manifest_path, lambda p: json.loads(p.read_text()))
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{manifest_path}: not a format-{FORMAT} lrn checkpoint manifest")
-    for rel, size in files.items():
+    if not isinstance(files, dict) or manifest.get("format") not in (1, FORMAT):
+        raise CheckpointError(f"{manifest_path}: not a format-1 or -{FORMAT} lrn checkpoint manifest")
+    # format 1 recorded sizes only: {file: size}; format 2 {file: {"size": ..., "sha256": ...}}
+    expected = {rel: entry if isinstance(entry, dict) else {"size": entry} for rel, entry in files.items()}
+    for rel, entry in expected.items():
         file = path / rel
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
-        if file.stat().st_size != size:
-            raise CheckpointError(f"{file}: truncated or overwritten ({file.stat().st_size} bytes, expected {size})")
+        if file.stat().st_size != entry.get("size"):
+            raise CheckpointError(f"{file}: truncated or overwritten ({file.stat().st_size} bytes, expected "
+                                  f"{entry.get('size')})")
+    for rel, entry in expected.items():
+        if "sha256" in entry and sha256(path / rel) != entry["sha256"]:
+            raise CheckpointError(f"{path / rel}: contents changed since it was written (SHA-256 differs from "
+                                  "manifest.json)")
     model: dict[str, torch.Tensor] = {}
     for file in sorted((path / "model").glob("*.safetensors")):
         model.update(_read(file, lambda p: load_file(str(p))))
@@ -322,6 +345,6 @@ def apply_checkpoint(ckpt: Checkpoint, policy, optimizer, scheduler, sampler, lr
 def discard_newer(root: Path, ckpt: Checkpoint) -> None:
     """Delete checkpoints newer than the one resumed from (they were found damaged)."""
     for path in list_checkpoints(root):
-        if int(path.name[5:]) > ckpt.state.step:
-            log.warning("deleting damaged checkpoint %s: the run continues from %s", path, ckpt.path.name)
+        if int(path.name[5:]) > ckpt.state.step:  # latest_checkpoint has warned about it
+            log.info("deleting damaged checkpoint %s: the run continues from %s", path, ckpt.path.name)
             shutil.rmtree(path, ignore_errors=True)

@@ -325,6 +325,8 @@ class Config:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
+        _check(bool(self.run_name) and not any(bad in self.run_name for bad in ("/", "\\", "..", "\0")), "run_name",
+               self.run_name, "it names the run directory inside outputs/: no '/', '\\' or '..'")
         if self.model.name_or_path is None and self.dataset.name != "arithmetic":
             raise ConfigError(f"model.name_or_path=null builds the embedded arithmetic model, which cannot learn "
                               f"dataset={self.dataset.name}; set model.name_or_path=<Hub name or local directory> "
