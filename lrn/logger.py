@@ -65,13 +65,21 @@ class MetricsLogger:
             try:
                 import wandb
 
+                # silent: W&B's own banner and end-of-run summary would bury lrn's progress bar and table;
+                # one line below says where the run is
                 self.wandb = wandb.init(
                     project=wandb_cfg.project, entity=wandb_cfg.entity, name=run_name, config=config,
-                    dir=str(run_dir), mode=mode, settings=wandb.Settings(init_timeout=60, console="off"),
+                    dir=str(run_dir), mode=mode, settings=wandb.Settings(init_timeout=60, console="off", silent=True),
                     id=wandb_id, resume="allow" if wandb_id else None,
                 )
             except Exception as e:  # noqa: BLE001 - W&B must never stop a run
                 log.warning("W&B could not start (%s: %s); logging to %s only", type(e).__name__, e, self.path)
+            else:
+                where = Path(self.wandb.dir).parent
+                if mode == "online":
+                    log.info("W&B run: %s", self.wandb.url)
+                else:
+                    log.info("W&B %s run in %s (upload it with: wandb sync %s)", mode, where, where)
 
     @property
     def run_id(self) -> str | None:
