@@ -148,7 +148,7 @@ def test_overlapping_splits_and_offline_hub_fail_in_one_line(run_lrn, qwen_dir):
 @pytest.mark.slow
 def test_prompts_longer_than_the_model_reads_are_refused_at_load_time_or_dropped(run_lrn, tmp_path):
     model = build(tmp_path / "model", chat=False, positions=128)
-    long = [{"question": f"Tom has {'many ' * 40}{fruit}, how many?", "answer": "3"} for fruit in ("apples", "pears")]
+    long = [{"question": f"Tom has {'many ' * 120}{fruit}, how many?", "answer": "3"} for fruit in ("apples", "pears")]
     short = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in [*short[:2], long[0], *short[2:4]]))  # line 3

@@ -338,7 +338,7 @@ def rss():
 jobs, train, out = [], trainer.train, sys.argv[1]  # (Hydra replaces sys.argv)
 
 
-def measured(cfg, run_dir):
+def measured(cfg, run_dir, stop=None):
     peak, done = [rss()], threading.Event()
 
     def sample():
@@ -348,7 +348,7 @@ def measured(cfg, run_dir):
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        return train(cfg, run_dir)
+        return train(cfg, run_dir, stop)
     finally:
         done.set()
         thread.join()
