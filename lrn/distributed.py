@@ -28,9 +28,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init() -> None:
-    """Join the process group of a multi-process launch (once); a no-op for a single process."""
-    if not launched() or dist.is_initialized():
+def init(alone: bool = False) -> None:
+    """Join the process group of a multi-process launch (once); a no-op for a single process, unless
+    ``alone``: then a process without a launcher (or launched as one) joins a group of its own, world
+    size 1 (FSDP shards over a process group, even of one)."""
+    if dist.is_initialized() or not (launched() or alone):
         return
     # torch.distributed.nn binds ``group.WORLD`` as default arguments when it is first imported (the
     # trainer's imports reach it: transformers -> torch.distributed.fsdp). Imported after the group
@@ -38,11 +40,14 @@ def init() -> None:
     # outlive the interpreter and can abort the rank at exit (SIGABRT). Imported now, they bind None.
     import torch.distributed.nn  # noqa: F401
 
+    backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+        backend = "nccl"
+    if launched():
+        dist.init_process_group(backend)
+    else:  # an in-memory store: no port, no launcher variables needed
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def active() -> bool:
@@ -138,8 +143,11 @@ def _sum_hook(state, bucket):  # unannotated: DDP checks the annotations, which 
 
 def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` inside torch's DistributedDataParallel under several processes (built once, kept on the
-    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass."""
-    if not active():
+    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass.
+    A module sharded with FSDP (``trainer.strategy=fsdp``) is returned as it is: it syncs by itself."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not active() or isinstance(module, FSDPModule):
         return module
     wrapped = module.__dict__.get("_data_parallel")
     if wrapped is None:

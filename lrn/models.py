@@ -76,6 +76,14 @@ def load_pretrained(path: str | Path, device: torch.device) -> tuple[PreTrainedM
     return model.to(device), tokenizer
 
 
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Hugging Face's activation checkpointing of each block, non-reentrant (what composes with FSDP)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The starting policy: a Hub/local model, or the warm-started embedded tiny model.
 
@@ -89,10 +97,7 @@ def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrained
         path = warm_start(cfg, task_cfg, device)
     model, tokenizer = load_pretrained(path, device)
     if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
