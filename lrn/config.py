@@ -160,7 +160,7 @@ class PPOConfig:
 
 @dataclass
 class TrainerConfig:
-    """Loop sizes and cadences."""
+    """Loop sizes and cadences, and how several processes share the model (``strategy``)."""
 
     steps: int = 40
     batch_size: int = 32
@@ -169,8 +169,12 @@ class TrainerConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     debug_nan_step: int | None = None
+    strategy: str = "ddp"
 
     def validate(self, key: str) -> None:
+        _check(self.strategy in ("ddp", "fsdp"), f"{key}.strategy", self.strategy,
+               "allowed: ddp (every process holds the whole model), fsdp (weights, gradients and optimizer "
+               "state sharded across processes; docs/distributed.md)")
         _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
         _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
         _check(self.rollouts_per_question >= 1, f"{key}.rollouts_per_question", self.rollouts_per_question,

@@ -109,6 +109,13 @@ def full_weights(policy: nn.Module) -> Iterator[None]:
                 unit.set_reshard_after_forward(True, recurse=False)
 
 
+@contextlib.contextmanager
+def generating(policy: nn.Module) -> Iterator[None]:
+    """What Hugging Face generation on a sharded policy runs in: its whole weights, its autocast."""
+    with full_weights(policy), policy.autocast():
+        yield
+
+
 def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, torch.Tensor]:
     """``module``'s state dict with every tensor whole, on the CPU, one tensor gathered at a time; with
     ``rank0_only`` the other ranks take part in the gathers and return an empty dict."""
@@ -141,7 +148,7 @@ def load_state(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: P
 
     model, optim = get_state_dict(policy, optimizer)
     state = {"model": model, "optimizer": optim}
-    dcp.load(state, checkpoint_id=directory)
+    dcp.load(state, checkpoint_id=directory, no_dist=not torch.distributed.is_initialized())  # ddp, one process
     set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
