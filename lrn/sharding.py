@@ -119,12 +119,21 @@ def generating(policy: nn.Module) -> Iterator[None]:
 def full_state_dict(module: nn.Module, rank0_only: bool = True) -> dict[str, torch.Tensor]:
     """``module``'s state dict with every tensor whole, on the CPU, one tensor gathered at a time; with
     ``rank0_only`` the other ranks take part in the gathers and return an empty dict."""
+    from torch.distributed.tensor import DTensor
+
     keep = distributed.is_main() or not rank0_only
-    out = {}
+    out: dict[str, torch.Tensor] = {}
+    # a tied weight (output layer = embeddings) is gathered once and stays one tensor under both names,
+    # which save_pretrained then saves once, as it does for the unsharded model
+    gathered: dict[tuple, torch.Tensor] = {}
     for name, tensor in module.state_dict().items():
-        whole = full(tensor).detach()
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        key = (local.data_ptr(), tensor.shape, tensor.dtype)
+        if key not in gathered:
+            whole = full(tensor).detach()
+            gathered[key] = whole.cpu() if keep else whole[:0]
         if keep:
-            out[name] = whole.cpu()
+            out[name] = gathered[key]
     return out
 
 
