@@ -331,7 +331,7 @@ def eval_command(ctx: typer.Context) -> None:
         fail(one_line(e))
     try:
         task = build_task(config.dataset, evaluation=True)
-        lm, tokenizer = load_policy(config.model, config.dataset)
+        lm, tokenizer = load_policy(config.model, config.dataset, config.seed)
         prepare_task(task, tokenizer, config.model)
         policy = Policy(lm, with_value=False, dtype=compute_dtype(config.model.dtype, lm.device))
     except ConfigError as e:

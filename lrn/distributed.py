@@ -104,6 +104,15 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def broadcast_tensors(tensors) -> None:
+    """Overwrite each tensor in place with rank 0's (nothing for a single process)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
 def sum_values(values: dict[str, float]) -> dict[str, float]:
     """Key-wise sums over ranks (a key a rank lacks counts as 0); the dict itself for a single process."""
     if not active():

@@ -4,6 +4,8 @@ Every rank holds 1/N of each float32 master weight, of its gradient and of Adam'
 (DTensors sharded on dim 0); a transformer block's full weights exist only while it runs. What is
 built on top of FSDP2, and why:
 
+- **Rank 0's weights**: every tensor is broadcast from rank 0 before sharding (DDP's constructor does
+  the same), so each rank keeps its shard of one and the same model.
 - **Units**: one per transformer block (``decoder.layers[i]``), then the root: the :class:`Policy`,
   whose own unit holds the embeddings, final norm, output layer and value head (a tied output layer
   must share the embeddings' unit). The frozen KL reference, when there is one, is sharded the same
@@ -71,6 +73,9 @@ def shard(policy: nn.Module) -> None:
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     distributed.init(alone=True)
+    for tree in (policy, policy._frozen):  # rank 0's weights, as DDP's constructor does: e.g. LoRA's random
+        if tree is not None:  # init may differ across ranks, and a shard of each would mix them
+            distributed.broadcast_tensors(tree.state_dict().values())
     precision = MixedPrecisionPolicy(param_dtype=policy.dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for tree in (policy, policy._frozen):
         if tree is None:

@@ -124,7 +124,7 @@ def _train(cfg: Config, run_dir: Path, closing: contextlib.ExitStack) -> dict:
     run_dir = Path(run_dir)
     task = build_task(cfg.dataset)
     with distributed.main_first():  # rank 0 fills the warm-start cache, the others read it
-        lm, tokenizer = load_policy(cfg.model, cfg.dataset)
+        lm, tokenizer = load_policy(cfg.model, cfg.dataset, cfg.seed)
     prepare_task(task, tokenizer, cfg.model)
     seed_everything(cfg.seed)  # after the (cached or not) warm start, so both paths match; the same on all ranks
     policy = Policy(lm, with_value=cfg.ppo.advantage == "gae", dtype=compute_dtype(cfg.model.dtype, lm.device),
