@@ -26,7 +26,8 @@ from lrn.update import ppo_update, prepare
 # group: whole mini-batches; gae (+ value head, KL reference): micro-batches of 2 rows; gae+checkpointing:
 # the same with Hugging Face's gradient checkpointing of each block (the same maths, recomputed)
 GAE = PPOConfig(advantage="gae", ent_coef=0.01, kl_coef=0.1, micro_batch_size=2)
-CASES = {"group": PPOConfig(advantage="group", ent_coef=0.01), "gae": GAE, "gae+checkpointing": GAE}
+CASES = {"group": PPOConfig(advantage="group", ent_coef=0.01), "gae": GAE, "gae+checkpointing": GAE,
+         "lora": PPOConfig(advantage="group", ent_coef=0.01, kl_coef=0.1)}  # reference: the adapters off
 
 
 def test_shard_splits_contiguously_and_gather_inverts_it():
@@ -36,21 +37,26 @@ def test_shard_splits_contiguously_and_gather_inverts_it():
     assert list(distributed.shard(items)) == items  # a single process: everything, no process group
 
 
-def one_update(cfg: PPOConfig, strategy: str = "ddp", state: dict | None = None, checkpointing: bool = False
+def one_update(cfg: PPOConfig, strategy: str = "ddp", state: dict | None = None, variant: str = ""
                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One PPO step (2 epochs x 2 mini-batches of 5 rows: uneven shards) on fixed rollouts; the parameter change.
 
     ``strategy="fsdp"``: the policy sharded first (2 blocks); ``state`` receives this rank's share of the
     parameter and Adam elements and the whole model's count."""
+    checkpointing, lora = variant.endswith("checkpointing"), variant == "lora"
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
     lm = build_tiny_model(TinyModelConfig(layers=2, width=16, heads=2, ffn=32), tokenizer)
     if checkpointing:
         enable_gradient_checkpointing(lm)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(lm, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
     policy = Policy(lm, with_value=cfg.advantage == "gae", reference=cfg.kl_coef > 0)
     if strategy == "fsdp":
         sharding.shard(policy)
-    before = {n: sharding.full(p).detach().clone() for n, p in policy.named_parameters()}
+    before = {n: sharding.full(p).detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     g = torch.Generator().manual_seed(1)
     rows, p_len, c_len, k = 10, 4, 6, 5
     lengths = torch.randint(1, c_len + 1, (rows,), generator=g)
@@ -66,9 +72,10 @@ def one_update(cfg: PPOConfig, strategy: str = "ddp", state: dict | None = None,
     if state is not None and strategy == "fsdp":
         state["whole"] = sum(p.numel() for p in policy.parameters())  # a DTensor's numel is the whole's
         state["params"] = sum(p.to_local().numel() for p in policy.parameters())
+        state["trained"] = sum(p.to_local().numel() for p in policy.parameters() if p.requires_grad)
         state["adam"] = sum(v.to_local().numel() for s in optimizer.state.values() for v in s.values() if v.dim())
         state["rows"] = sum(p.numel() // p.shape[0] for p in policy.parameters())  # one dim-0 row of each
-    return {n: sharding.full(p).detach() - before[n] for n, p in policy.named_parameters()}, stats
+    return {n: sharding.full(p).detach() - before[n] for n, p in policy.named_parameters() if p.requires_grad}, stats
 
 
 def _update_worker(rank: int, world: int, port: int, out: str, strategies: tuple[str, ...] = ("ddp",)) -> None:
@@ -80,7 +87,7 @@ def _update_worker(rank: int, world: int, port: int, out: str, strategies: tuple
     for strategy in strategies:
         for name, cfg in CASES.items():
             states[strategy, name] = {}
-            results[strategy, name] = one_update(cfg, strategy, states[strategy, name], name.endswith("checkpointing"))
+            results[strategy, name] = one_update(cfg, strategy, states[strategy, name], name)
     if rank == 0:
         torch.save(results, out)
     torch.save(states, f"{out}.state{rank}")
@@ -113,13 +120,13 @@ def test_sharded_update_equals_the_single_process_update_and_each_rank_holds_its
     mp.spawn(_update_worker, args=(world, free_port(), str(out), ("fsdp",)), nprocs=world)
     sharded = torch.load(out)
     for name, cfg in CASES.items():
-        assert_same_update(*sharded["fsdp", name], *one_update(cfg), name)
+        assert_same_update(*sharded["fsdp", name], *one_update(cfg, variant=name), name)
         states = [torch.load(f"{out}.state{r}")["fsdp", name] for r in range(world)]
         whole = states[0]["whole"]
         assert sum(s["params"] for s in states) == whole  # the shards partition every parameter
         for s in states:
             assert abs(s["params"] - whole / world) <= s["rows"], (name, s)
-            assert s["adam"] == 2 * s["params"], (name, s)  # exp_avg and exp_avg_sq, sharded alike
+            assert s["adam"] == 2 * s["trained"], (name, s)  # exp_avg and exp_avg_sq, sharded alike
 
 
 def test_two_process_update_equals_the_single_process_update(tmp_path):
@@ -127,7 +134,7 @@ def test_two_process_update_equals_the_single_process_update(tmp_path):
     mp.spawn(_update_worker, args=(2, free_port(), str(out)), nprocs=2)
     two = torch.load(out)
     for name, cfg in CASES.items():
-        single_delta, single_stats = one_update(cfg)
+        single_delta, single_stats = one_update(cfg, variant=name)
         assert_same_update(*two["ddp", name], single_delta, single_stats, name)
 
 
