@@ -323,6 +323,9 @@ class Config:
             raise ConfigError(f"model.name_or_path=null builds the embedded arithmetic model, which cannot learn "
                               f"dataset={self.dataset.name}; set model.name_or_path=<Hub name or local directory> "
                               "or model=qwen2.5-0.5b-instruct")
+        if self.trainer.strategy == "fsdp" and self.model.device.startswith("mps"):
+            raise ConfigError("trainer.strategy=fsdp with model.device=mps: FSDP shards over NCCL (CUDA) or gloo (CPU) "
+                              "process groups; use trainer.strategy=ddp or model.device=cpu")
         if self.sampler.name != "uniform":
             _check(self.trainer.rollouts_per_question >= 2, "trainer.rollouts_per_question",
                    self.trainer.rollouts_per_question, f"sampler={self.sampler.name} needs K >= 2 rollouts "

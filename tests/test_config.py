@@ -55,6 +55,8 @@ def test_default_config_values():
     (["rollout.vllm.max_model_len=longest"], "rollout.vllm.max_model_len='longest' is invalid: allowed: auto"),
     (["rollout.vllm.max_model_len=0"], "rollout.vllm.max_model_len=0 is invalid: allowed: auto"),
     (["rollout.vllm.sleep=sometimes"], "rollout.vllm.sleep='sometimes' is invalid: allowed: auto"),
+    (["trainer.strategy=zero3"], "trainer.strategy='zero3' is invalid: allowed: ddp (every process holds"),
+    (["trainer.strategy=fsdp", "model.device=mps"], "trainer.strategy=fsdp with model.device=mps: FSDP shards over"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:
