@@ -242,4 +242,6 @@ class Policy(nn.Module):
             logp[idx, :lp.shape[1]] = lp
             if values is not None:
                 values[idx, :v.shape[1]] = v
+        if sharding.is_sharded(self):  # FSDP keeps the root unit gathered after a forward, for the backward that
+            self.reshard()  # follows in training; none follows here (never, for the KL reference)
         return logp, values

@@ -71,6 +71,9 @@ def _engines_worker(rank: int, world: int, port: int, out: str) -> None:
               "resharded": all(type(p).__name__ == "DTensor" for p in policy.parameters())}
     batch = scoring_batch(tok)
     record["logp"] = policy.score(batch, SamplingSpec(max_new_tokens=8))[0]
+    # the root unit (embeddings, output layer) is not resharded after a forward, which a backward does:
+    # a no-grad pass (the KL reference never has another) must not leave it gathered
+    record["resharded_after_scoring"] = all(type(p).__name__ == "DTensor" for p in policy.parameters())
     record["pushed"] = {n: t.clone() for n, t in full_state_dict(policy.lm)}
     lora = Policy(varied_lm(lora=True)[0], with_value=False)
     sharding.shard(lora)
@@ -103,7 +106,7 @@ def test_sharded_weights_generate_score_and_stream_as_the_whole_model_does(tmp_p
         mine = list(distributed.shard(QUESTIONS, r, 2))
         assert record["greedy"] == answers(policy, tok, mine, SamplingSpec(max_new_tokens=12, greedy=True, eos_ids=eos))
         assert record["sampled"] == answers(policy, tok, mine, SamplingSpec(max_new_tokens=12, eos_ids=eos))
-        assert record["resharded"]
+        assert record["resharded"] and record["resharded_after_scoring"]
         torch.testing.assert_close(record["logp"], policy.score(scoring_batch(tok), SamplingSpec(max_new_tokens=8))[0],
                                    rtol=1e-5, atol=1e-6)
     assert len({len(r["greedy"]) for r in records}) == 2  # 3 and 2 questions: uneven passes did not hang
