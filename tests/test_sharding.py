@@ -118,6 +118,39 @@ def test_sharded_weights_generate_score_and_stream_as_the_whole_model_does(tmp_p
                 assert torch.equal(record[key][name], tensor), (key, name)
 
 
+def _empty_share_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Fewer questions than ranks (an evaluation with eval.limit=1, a small selection): rank 1's share is
+    empty, and rank 0's generation gathers the sharded weights, a collective rank 1 must join."""
+    from datetime import timedelta
+
+    from lrn.config import ArithmeticConfig
+    from lrn.grading import GradePool
+    from lrn.rollout import RolloutEngine, ShardedRollouts
+    from lrn.tasks import build_task
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))  # a hang fails, in a minute
+    lm, tok = varied_lm()
+    policy = Policy(lm, with_value=False)
+    sharding.shard(policy)
+    task = build_task(ArithmeticConfig(train_size=10, test_per_level=1))
+    engine = HFEngine(policy.lm, tok, compute=lambda: sharding.generating(policy))
+    spec = SamplingSpec(max_new_tokens=6, greedy=True, eos_ids=(tok.eos_token_id,))
+    rollouts = RolloutEngine(engine, tok, task, spec, GradePool("integer", 0))
+    groups = ShardedRollouts(rollouts, (0, 1)).rollout(task.test[:1], 2, greedy=True)
+    if rank == 0:
+        torch.save([[r.completion_ids for r in g] for g in groups], out)
+    distributed.shutdown()
+
+
+def test_a_rank_with_no_questions_still_joins_the_gathers_of_generation(tmp_path):
+    out = tmp_path / "groups.pt"
+    mp.spawn(_empty_share_worker, args=(2, free_port(), str(out)), nprocs=2)
+    groups = torch.load(out)
+    assert len(groups) == 1 and len(groups[0]) == 2 and groups[0][0] == groups[0][1]  # greedy: the same answer
+
+
 # -- checkpoints across numbers of processes ---------------------------------------------------------
 
 def run_objects(strategy: str, seed: int = 0):

@@ -280,10 +280,10 @@ class VLLMEngine:
                 groups[-1] = (groups[-1][0], groups[-1][1] + 1)
             else:
                 groups.append((list(p), 1))
+        if self.asleep:  # before returning on no prompts: a sharded policy's push is a collective of all ranks
+            self.sync_weights()
         if not groups:
             return []
-        if self.asleep:
-            self.sync_weights()
         params = {n: self._params(spec, n, logprobs) for n in {n for _, n in groups}}
         with _own_rng():
             if spec.seed is not None:
