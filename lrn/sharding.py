@@ -17,7 +17,10 @@ built on top of FSDP2, and why:
   (``lrn.update``), so gradients are *summed* over ranks: divide factor 1 with sum-only reductions
   (FSDP2 averages by default; NCCL's pre-multiplied sum does not exist on gloo).
 - **Same collectives on every rank**: every forward all-gathers, so each rank runs the same number of
-  forward (and backward) passes; ranks with fewer micro-batches run weightless ones (:func:`pad`).
+  forward (and backward) passes; ranks with fewer micro-batches run weightless ones (:func:`pad`), and
+  a rank with no questions to roll out still calls its engine (``lrn.rollout.ShardedRollouts``).
+- **The root after no-grad passes**: FSDP keeps the root unit gathered after a forward, for the
+  backward; ``Policy.score`` reshards it (the KL reference never has a backward).
 - **Generation** (:func:`full_weights`): Hugging Face ``generate`` runs a different number of forward
   passes on each rank, so the whole model is all-gathered first (in the compute dtype) and resharded
   after; vLLM is given one full tensor at a time (``lrn.engines.vllm.full_state_dict``).
@@ -72,6 +75,7 @@ def shard(policy: nn.Module) -> None:
     """
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    units = {id(tree): blocks(tree) for tree in (policy, policy._frozen) if tree is not None}  # refused first
     distributed.init(alone=True)
     for tree in (policy, policy._frozen):  # rank 0's weights, as DDP's constructor does: e.g. LoRA's random
         if tree is not None:  # init may differ across ranks, and a shard of each would mix them
@@ -80,7 +84,7 @@ def shard(policy: nn.Module) -> None:
     for tree in (policy, policy._frozen):
         if tree is None:
             continue
-        for block in blocks(tree):
+        for block in units[id(tree)]:
             fully_shard(block, mp_policy=precision)
         fully_shard(tree, mp_policy=precision)
         for unit in tree.modules():  # neither setting is recursive

@@ -151,6 +151,18 @@ def test_a_rank_with_no_questions_still_joins_the_gathers_of_generation(tmp_path
     assert len(groups) == 1 and len(groups[0]) == 2 and groups[0][0] == groups[0][1]  # greedy: the same answer
 
 
+def test_a_model_without_a_list_of_blocks_is_refused_in_one_line_before_any_process_group():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lrn.validation import ConfigError
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, eos_token_id=1, bos_token_id=1))
+    with pytest.raises(ConfigError, match=r"^trainer.strategy=fsdp: GPT2Model has no `layers` list of transformer "
+                                          r"blocks to shard; use trainer.strategy=ddp for this model$"):
+        sharding.shard(Policy(gpt2, with_value=False))
+    assert not torch.distributed.is_initialized()
+
+
 # -- checkpoints across numbers of processes ---------------------------------------------------------
 
 def run_objects(strategy: str, seed: int = 0):
