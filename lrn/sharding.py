@@ -31,6 +31,7 @@ built on top of FSDP2, and why:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -166,7 +167,10 @@ def load_state(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: P
 
     model, optim = get_state_dict(policy, optimizer)
     state = {"model": model, "optimizer": optim}
-    dcp.load(state, checkpoint_id=directory, no_dist=not torch.distributed.is_initialized())  # ddp, one process
+    alone = not torch.distributed.is_initialized()  # trainer.strategy=ddp in one process: no group to coordinate
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)  # DCP says so even when told
+        dcp.load(state, checkpoint_id=directory, no_dist=alone)
     set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
