@@ -9,7 +9,13 @@
   (tensors in the first file, the structure around them in the second);
 - ``state.safetensors`` + ``state.json``: step, cumulative totals, evaluation history, elapsed
   seconds, W&B run id, sampler state and every RNG state (Python, NumPy, torch CPU and CUDA);
-- ``manifest.json``, written last: every file above with its size.
+- ``manifest.json``, written last: every file above with its size and SHA-256.
+
+A checkpoint is written into a temporary directory and renamed into place, so a kill at any moment
+leaves the earlier checkpoints intact; a failed write (disk full, read-only) removes the temporary
+directory and raises :class:`lrn.storage.WriteError`. Reading checks every file against the
+manifest first, so a file changed after it was written (flipped bytes of the same size included) is
+found before a single weight is loaded.
 
 That is the *replicated* layout (``trainer.strategy=ddp``: rank 0 holds everything and writes it).
 Under ``trainer.strategy=fsdp`` no rank holds the whole model, so the checkpoint is *sharded*:
@@ -18,18 +24,19 @@ Under ``trainer.strategy=fsdp`` no rank holds the whole model, so the checkpoint
   ``torch.distributed.checkpoint`` by every rank at once (one ``__<rank>_0.distcp`` file each, plus
   ``.metadata``), keyed by parameter name, so that it loads on any number of processes, sharded or not;
 - ``state.safetensors`` + ``state.json``: as above, with the LR schedule's state added (rank 0's);
-- ``manifest.json`` with ``"layout": "sharded"``: every file of every rank with its size.
+- ``manifest.json`` with ``"layout": "sharded"``: every file of every rank with its size and SHA-256
+  (each rank hashes its own).
 
 The manifest says which layout a checkpoint has (no ``layout``: replicated, as every checkpoint
 written before the sharded one existed), and :func:`apply_checkpoint` loads either into either kind
-of policy. A checkpoint is written into a temporary directory and renamed into place, so a kill at
-any moment leaves the earlier checkpoints intact; a sharded one needs a directory every rank can
-write. Only safe loaders are used: safetensors, JSON, and DCP's own reader.
+of policy. A sharded checkpoint needs a directory every rank can write. Only safe loaders are used:
+safetensors, JSON, and DCP's own reader.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -46,10 +53,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lrn import distributed, sharding
+from lrn.storage import WriteError, writing
 
 log = logging.getLogger(__name__)
-FORMAT = 1
-REPLICATED, SHARDED = "replicated", "sharded"  # manifest "layout"
+FORMAT = 2  # 2: sizes and SHA-256 of every file; 1 (read still): sizes only
+REPLICATED, SHARDED = "replicated", "sharded"  # manifest "layout" (none: replicated)
 STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -179,53 +187,80 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def write_checkpoint(root: Path, step: int, policy, tokenizer, optimizer, scheduler, sampler, state: TrainState,
                      keep: int) -> Path:
     """Write ``root/step_<step>`` atomically, then delete all but the newest ``keep`` checkpoints.
 
     A replicated policy's checkpoint is written by rank 0 alone (the only caller); a sharded policy's
-    by every rank together (every rank calls this), rank 0 writing all but the shards."""
+    by every rank together (every rank calls this), rank 0 writing all but the shards.
+    A failed write raises :class:`lrn.storage.WriteError` and leaves no ``step_<step>`` behind."""
     sharded = sharding.is_sharded(policy)
     main = distributed.is_main()
     final = root / f"step_{step}"
-    tmp = None
-    if main:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
-        tmp.chmod(0o755)  # mkdtemp makes it private
-    if sharded:
-        tmp = distributed.broadcast_object(tmp)
-    try:
-        if sharded:
-            sharding.save_state(policy, optimizer, tmp / "sharded")  # every rank its own shards
-            if not main:
-                return final
-            trees = {"state": {"scheduler": scheduler.state_dict()}}
-        else:
-            policy.lm.save_pretrained(tmp / "model")
-            tokenizer.save_pretrained(tmp / "model")
-            if policy.value_head is not None:
-                save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-                          str(tmp / "value_head.safetensors"))
-            trees = {"optimizer": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                     "state": {}}
-        trees["state"].update(trainer=dataclasses.asdict(state), sampler=sampler.state_dict(), rng=rng_state())
-        for name, tree in trees.items():
-            write_tree(tmp, name, tree)
-        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"format": FORMAT, "layout": SHARDED if sharded else REPLICATED, "step": step, "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                _fsync(p)
-        if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
-            final.rename(root / f".old-{final.name}-{os.getpid()}")
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException:
+    with writing("checkpoint", final):
+        tmp = failed = None
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step_{step}-", dir=root))
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks heard of it
+                failed = e
+        if sharded:  # every rank writes into rank 0's temporary directory
+            tmp = distributed.broadcast_object(tmp)
+        if failed is not None:
+            raise failed
+        if tmp is None:
+            raise WriteError("checkpoint", final, "rank 0 could not create its temporary directory")
+        try:
+            if main:
+                tmp.chmod(0o755)  # mkdtemp makes it private
+            if sharded:
+                sharding.save_state(policy, optimizer, tmp / "sharded")  # every rank its own shards
+                mine = [p for p in (tmp / "sharded").iterdir() if p.name.startswith(f"__{distributed.rank()}_")]
+                if main:
+                    mine.append(tmp / "sharded" / ".metadata")
+                hashed = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)} for p in mine}
+                for p in mine:
+                    _fsync(p)
+                hashed = {k: v for part in distributed.all_gather_object(hashed) for k, v in part.items()}
+                if not main:
+                    return final
+                trees = {"state": {"scheduler": scheduler.state_dict()}}
+            else:
+                policy.lm.save_pretrained(tmp / "model")
+                tokenizer.save_pretrained(tmp / "model")
+                if policy.value_head is not None:
+                    save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                              str(tmp / "value_head.safetensors"))
+                hashed = {}
+                trees = {"optimizer": {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                         "state": {}}
+            trees["state"].update(trainer=dataclasses.asdict(state), sampler=sampler.state_dict(), rng=rng_state())
+            for name, tree in trees.items():
+                write_tree(tmp, name, tree)
+            files = {}
+            for p in sorted(tmp.rglob("*")):
+                if p.is_file():
+                    rel = p.relative_to(tmp).as_posix()
+                    files[rel] = hashed.get(rel) or {"size": p.stat().st_size, "sha256": sha256(p)}
+            manifest = {"format": FORMAT, "layout": SHARDED if sharded else REPLICATED, "step": step, "files": files}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            for p in tmp.rglob("*"):
+                if p.is_file() and p.relative_to(tmp).as_posix() not in hashed:  # the shards: by their writers
+                    _fsync(p)
+            if final.exists():  # e.g. a damaged checkpoint of this step, left behind by an earlier attempt
+                final.rename(root / f".old-{final.name}-{os.getpid()}")
+            os.replace(tmp, final)
+            _fsync(root)
+        except BaseException:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     prune(root, keep)
     return final
 
@@ -263,14 +298,21 @@ def read_checkpoint(path: Path) -> Checkpoint:
     manifest = _read(manifest_path, lambda p: json.loads(p.read_text()))
     files = manifest.get("files") if isinstance(manifest, dict) else None
     layout = manifest.get("layout", REPLICATED) if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or manifest.get("format") != FORMAT or layout not in (REPLICATED, SHARDED):
-        raise CheckpointError(f"{manifest_path}: not a format-{FORMAT} lrn checkpoint manifest")
-    for rel, size in files.items():
+    if not isinstance(files, dict) or manifest.get("format") not in (1, FORMAT) or layout not in (REPLICATED, SHARDED):
+        raise CheckpointError(f"{manifest_path}: not a format-1 or -{FORMAT} lrn checkpoint manifest")
+    # format 1 recorded sizes only: {file: size}; format 2 {file: {"size": ..., "sha256": ...}}
+    expected = {rel: entry if isinstance(entry, dict) else {"size": entry} for rel, entry in files.items()}
+    for rel, entry in expected.items():
         file = path / rel
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
-        if file.stat().st_size != size:
-            raise CheckpointError(f"{file}: truncated or overwritten ({file.stat().st_size} bytes, expected {size})")
+        if file.stat().st_size != entry.get("size"):
+            raise CheckpointError(f"{file}: truncated or overwritten ({file.stat().st_size} bytes, expected "
+                                  f"{entry.get('size')})")
+    for rel, entry in expected.items():
+        if "sha256" in entry and sha256(path / rel) != entry["sha256"]:
+            raise CheckpointError(f"{path / rel}: contents changed since it was written (SHA-256 differs from "
+                                  "manifest.json)")
     if layout == SHARDED:
         tree = read_tree(path, "state")
         try:
@@ -418,6 +460,6 @@ def _load_replicated(ckpt: Checkpoint, policy, optimizer) -> None:
 def discard_newer(root: Path, ckpt: Checkpoint) -> None:
     """Delete checkpoints newer than the one resumed from (they were found damaged)."""
     for path in list_checkpoints(root):
-        if int(path.name[5:]) > ckpt.state.step:
-            log.warning("deleting damaged checkpoint %s: the run continues from %s", path, ckpt.path.name)
+        if int(path.name[5:]) > ckpt.state.step:  # latest_checkpoint has warned about it
+            log.info("deleting damaged checkpoint %s: the run continues from %s", path, ckpt.path.name)
             shutil.rmtree(path, ignore_errors=True)

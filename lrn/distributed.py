@@ -24,14 +24,15 @@ T = TypeVar("T")
 
 
 def launched() -> bool:
-    """Whether a launcher started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether a launcher (torchrun, accelerate launch) started this process, even as its only process."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def init(alone: bool = False) -> None:
-    """Join the process group of a multi-process launch (once); a no-op for a single process, unless
-    ``alone``: then a process without a launcher (or launched as one) joins a group of its own, world
-    size 1 (FSDP shards over a process group, even of one)."""
+    """Join the process group of a launch (once), and make one collective call so that the backend's
+    communicators exist (NCCL creates them lazily); a no-op without a launcher, unless ``alone``: then
+    the process joins a group of its own (FSDP shards over a process group, even of one). A launch of
+    one process joins a group of one: every function here then acts as for a single process."""
     if dist.is_initialized() or not (launched() or alone):
         return
     # torch.distributed.nn binds ``group.WORLD`` as default arguments when it is first imported (the
@@ -40,14 +41,19 @@ def init(alone: bool = False) -> None:
     # outlive the interpreter and can abort the rank at exit (SIGABRT). Imported now, they bind None.
     import torch.distributed.nn  # noqa: F401
 
-    backend = "gloo"
+    kwargs: dict = {}
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        backend = "nccl"
-    if launched():
-        dist.init_process_group(backend)
-    else:  # an in-memory store: no port, no launcher variables needed
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
+    if not launched():  # alone: an in-memory store, no port, no launcher variables needed
+        kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **kwargs)
+    dist.barrier()
+
+
+def backend() -> str:
+    """The process group's backend (nccl, gloo), or ``none`` without a launcher."""
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
 
 
 def active() -> bool:

@@ -153,10 +153,15 @@ def save_state(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: P
     """Write the policy's and the optimizer's shards with ``torch.distributed.checkpoint`` (every rank
     writes its own file into ``directory``, which must be on a filesystem all ranks share)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model, optim = get_state_dict(policy, optimizer)
-    dcp.save({"model": model, "optimizer": optim}, checkpoint_id=directory)
+    try:
+        dcp.save({"model": model, "optimizer": optim}, checkpoint_id=directory)
+    except CheckpointException as e:  # DCP gathers every rank's (exception, traceback): raise the first, e.g.
+        failures = [error for error, _ in e.failures.values()]  # a full disk's OSError, reported in one line
+        raise (failures[0] if failures else e) from None
 
 
 def load_state(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:

@@ -301,7 +301,7 @@ def test_fsdp_on_two_processes_trains_as_ddp_does(cache_dir, tmp_path):
     runs = {s: tmp_path / s for s in ("ddp", "fsdp")}
     for strategy, run in runs.items():
         proc = launch(cache_dir, tmp_path, *EIGHT, f"trainer.strategy={strategy}", f"hydra.run.dir={run}")
-        assert "(processes: 2)" in proc.stderr + proc.stdout
+        assert "(processes: 2, process group: gloo)" in proc.stderr + proc.stdout
     rows = read_metrics(runs["fsdp"])
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert rows[-1]["counts/rollouts_total"] == 768  # steps x questions x pool factor x K

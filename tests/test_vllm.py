@@ -380,7 +380,7 @@ def test_torchrun_vllm_run_trains_with_an_engine_per_rank(cache_dir, tmp_path, s
     run = tmp_path / "run"
     proc = launch(cache_dir, tmp_path, *VLLM_TINY, "trainer.steps=2", f"trainer.strategy={strategy}",
                   f"hydra.run.dir={run}")
-    assert "(processes: 2)" in proc.stderr + proc.stdout
+    assert "(processes: 2, process group: gloo)" in proc.stderr + proc.stdout
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert rows[-1]["counts/rollouts_total"] == 2 * 4 * 4 * 4  # steps x questions x pool factor x K
