@@ -418,7 +418,7 @@ def eval_command(ctx: typer.Context) -> None:
         fail(one_line(e))
     try:
         task = build_task(config.dataset, evaluation=True)
-        lm, tokenizer = load_policy(config.model, config.dataset)
+        lm, tokenizer = load_policy(config.model, config.dataset, config.seed)
         prepare_task(task, tokenizer, config.model)
         fit_prompts(task, tokenizer, context_length(lm, config.rollout), config.dataset.long_prompts,
                     config.eval.limit)

@@ -164,7 +164,7 @@ class PPOConfig:
 
 @dataclass
 class TrainerConfig:
-    """Loop sizes and cadences."""
+    """Loop sizes and cadences, and how several processes share the model (``strategy``)."""
 
     steps: int = 40
     batch_size: int = 32
@@ -174,12 +174,16 @@ class TrainerConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     debug_nan_step: int | None = None
+    strategy: str = "ddp"
 
     def eval_due(self, step: int) -> bool:
         """Whether step ``step`` ends with a held-out evaluation (step 0 always has one)."""
         return step % self.eval_every == 0 or step <= self.eval_dense_until or step == self.steps
 
     def validate(self, key: str) -> None:
+        _check(self.strategy in ("ddp", "fsdp"), f"{key}.strategy", self.strategy,
+               "allowed: ddp (every process holds the whole model), fsdp (weights, gradients and optimizer "
+               "state sharded across processes; docs/distributed.md)")
         _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
         _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
         _check(self.rollouts_per_question >= 1, f"{key}.rollouts_per_question", self.rollouts_per_question,
@@ -331,6 +335,9 @@ class Config:
             raise ConfigError(f"model.name_or_path=null builds the embedded arithmetic model, which cannot learn "
                               f"dataset={self.dataset.name}; set model.name_or_path=<Hub name or local directory> "
                               "or model=qwen2.5-0.5b-instruct")
+        if self.trainer.strategy == "fsdp" and self.model.device.startswith("mps"):
+            raise ConfigError("trainer.strategy=fsdp with model.device=mps: FSDP shards over NCCL (CUDA) or gloo (CPU) "
+                              "process groups; use trainer.strategy=ddp or model.device=cpu")
         if self.sampler.name != "uniform":
             _check(self.trainer.rollouts_per_question >= 2, "trainer.rollouts_per_question",
                    self.trainer.rollouts_per_question, f"sampler={self.sampler.name} needs K >= 2 rollouts "

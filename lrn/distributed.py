@@ -28,11 +28,12 @@ def launched() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
-def init() -> None:
+def init(alone: bool = False) -> None:
     """Join the process group of a launch (once), and make one collective call so that the backend's
-    communicators exist (NCCL creates them lazily); a no-op without a launcher. A launch of one process
-    joins a group of one: every function here then acts as for a single process."""
-    if not launched() or dist.is_initialized():
+    communicators exist (NCCL creates them lazily); a no-op without a launcher, unless ``alone``: then
+    the process joins a group of its own (FSDP shards over a process group, even of one). A launch of
+    one process joins a group of one: every function here then acts as for a single process."""
+    if dist.is_initialized() or not (launched() or alone):
         return
     # torch.distributed.nn binds ``group.WORLD`` as default arguments when it is first imported (the
     # trainer's imports reach it: transformers -> torch.distributed.fsdp). Imported after the group
@@ -40,11 +41,13 @@ def init() -> None:
     # outlive the interpreter and can abort the rank at exit (SIGABRT). Imported now, they bind None.
     import torch.distributed.nn  # noqa: F401
 
+    kwargs: dict = {}
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
-    else:
-        dist.init_process_group("gloo")
+        kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
+    if not launched():  # alone: an in-memory store, no port, no launcher variables needed
+        kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **kwargs)
     dist.barrier()
 
 
@@ -107,6 +110,15 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def broadcast_tensors(tensors) -> None:
+    """Overwrite each tensor in place with rank 0's (nothing for a single process)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
 def sum_values(values: dict[str, float]) -> dict[str, float]:
     """Key-wise sums over ranks (a key a rank lacks counts as 0); the dict itself for a single process."""
     if not active():
@@ -146,8 +158,11 @@ def _sum_hook(state, bucket):  # unannotated: DDP checks the annotations, which 
 
 def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` inside torch's DistributedDataParallel under several processes (built once, kept on the
-    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass."""
-    if not active():
+    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass.
+    A module sharded with FSDP (``trainer.strategy=fsdp``) is returned as it is: it syncs by itself."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not active() or isinstance(module, FSDPModule):
         return module
     wrapped = module.__dict__.get("_data_parallel")
     if wrapped is None:

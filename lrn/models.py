@@ -78,10 +78,21 @@ def load_pretrained(path: str | Path, device: torch.device) -> tuple[PreTrainedM
     return model.to(device), tokenizer
 
 
-def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Hugging Face's activation checkpointing of each block, non-reentrant (what composes with FSDP)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_policy(cfg: ModelConfig, task_cfg, seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The starting policy: a Hub/local model, or the warm-started embedded tiny model.
 
-    Applies the training-only options: gradient checkpointing and LoRA adapters.
+    Applies the training-only options: gradient checkpointing and LoRA adapters. LoRA's random A
+    matrices are drawn from ``seed`` (the run's), in a forked RNG: the global RNG's state at this point
+    depends on what was imported and loaded before, so same-config runs would start from different
+    adapters (and ranks of one run too, which DDP's broadcast hid and FSDP's sharding would not).
     """
     device = resolve_device(cfg.device)
     path = cfg.name_or_path
@@ -91,17 +102,17 @@ def load_policy(cfg: ModelConfig, task_cfg) -> tuple[PreTrainedModel, PreTrained
         path = warm_start(cfg, task_cfg, device)
     model, tokenizer = load_pretrained(path, device)
     if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                           target_modules=("all-linear" if cfg.lora.target_modules == ["all-linear"]
                                           else list(cfg.lora.target_modules)), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # init on the model's device
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            model = get_peft_model(model, lora)
     return model, tokenizer
 
 

@@ -17,11 +17,11 @@ from omegaconf import OmegaConf
 from lrn.config import Config, ConfigError
 
 # Keys (or prefixes ending in ".") that may change on resume: cadences, run length, memory bounds,
-# logging, where the warm start is cached, and the two non-finite switches (so a run stopped by a
-# NaN can go on with skips).
+# logging, where the warm start is cached, the two non-finite switches (so a run stopped by a NaN can
+# go on with skips), and how processes share the model (either checkpoint layout loads under either).
 HARMLESS = (
     "resume", "force_resume", "run_name", "trainer.steps", "trainer.eval_every", "trainer.eval_dense_until",
-    "trainer.checkpoint_every",
+    "trainer.checkpoint_every", "trainer.strategy",
     "trainer.keep_checkpoints", "trainer.debug_nan_step", "ppo.skip_nonfinite", "rollout.batch_size",
     "eval.batch_size", "eval.output_dir", "logger.", "model.warm_start.cache_dir",
 )

@@ -11,7 +11,9 @@
 
 Under ``torchrun`` / ``accelerate launch`` every rank runs this same loop (``lrn/distributed.py``):
 rollouts (evaluation's included) are sharded and all-gathered, the update is sharded and its
-gradients summed, and rank 0 alone writes metrics, checkpoints and the final model.
+gradients summed, and rank 0 alone writes metrics, checkpoints and the final model. With
+``trainer.strategy=fsdp`` the policy itself is sharded too (``lrn/sharding.py``): every rank writes
+its shards of each checkpoint, and the final model is gathered to rank 0.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lrn import distributed
+from lrn import distributed, sharding
 from lrn.batch import collate
 from lrn.checkpoint import TrainState, apply_checkpoint, discard_newer, latest_checkpoint, write_checkpoint
 from lrn.config import Config, ConfigError
@@ -76,8 +78,9 @@ def build_rollouts(cfg: Config, policy: Policy, tokenizer, task: Task, batch_siz
             length = (longest_prompt(task, tokenizer) + task.max_new_tokens
                       if cfg.rollout.vllm.max_model_len == "auto" else None)
             engine = VLLMEngine(policy.lm, tokenizer, cfg.rollout.vllm, policy.dtype, cfg.seed, length)
-    else:
-        engine = HFEngine(policy.lm, tokenizer, batch_size, policy.autocast)
+    else:  # sharded: the whole model gathered while it generates (each rank runs its own number of passes)
+        compute = (lambda: sharding.generating(policy)) if sharding.is_sharded(policy) else policy.autocast
+        engine = HFEngine(policy.lm, tokenizer, batch_size, compute)
     rollouts = RolloutEngine(engine, tokenizer, task, spec, grading, on_batch)
     rollouts.seed = cfg.seed
     return rollouts
@@ -157,12 +160,14 @@ def train(cfg: Config, run_dir: Path, stop: GracefulStop | None = None) -> dict:
 def _train(cfg: Config, run_dir: Path, stop: GracefulStop, closing: contextlib.ExitStack) -> dict:
     task = build_task(cfg.dataset)
     with distributed.main_first():  # rank 0 fills the warm-start cache, the others read it
-        lm, tokenizer = load_policy(cfg.model, cfg.dataset)
+        lm, tokenizer = load_policy(cfg.model, cfg.dataset, cfg.seed)
     prepare_task(task, tokenizer, cfg.model)
     fit_prompts(task, tokenizer, context_length(lm, cfg.rollout), cfg.dataset.long_prompts, cfg.eval.limit)
     seed_everything(cfg.seed)  # after the (cached or not) warm start, so both paths match; the same on all ranks
     policy = Policy(lm, with_value=cfg.ppo.advantage == "gae", dtype=compute_dtype(cfg.model.dtype, lm.device),
                     reference=cfg.ppo.kl_coef > 0)
+    if cfg.trainer.strategy == "fsdp":
+        sharding.shard(policy)  # before the optimizer sees the parameters: they become shards
     grading = grade_pool(cfg)
     engine = build_rollouts(cfg, policy, tokenizer, task, cfg.rollout.batch_size, grading)
     closing.callback(engine.engine.close)  # last: under torchrun vLLM's shutdown ends the process group
@@ -211,7 +216,7 @@ def _train(cfg: Config, run_dir: Path, stop: GracefulStop, closing: contextlib.E
         t = time.perf_counter()
         state.elapsed_s = t - start  # saved with the clocks before this write: a resumed run leaves it out too
         path, failed = checkpoints / f"step_{state.step}", None
-        if main:
+        if main or sharding.is_sharded(policy):  # a sharded checkpoint is written by every rank together
             try:
                 path = write_checkpoint(checkpoints, state.step, policy, tokenizer, optimizer, schedule, sampler,
                                         state, cfg.trainer.keep_checkpoints)
@@ -329,9 +334,11 @@ def _train(cfg: Config, run_dir: Path, stop: GracefulStop, closing: contextlib.E
                                  128 + signum)
         if last_checkpoint is None or last_checkpoint.name != f"step_{state.step}":
             last_checkpoint = save_checkpoint()  # the end of the run
+        # the final policy, loadable like any Hub model (sharded: gathered to rank 0 one tensor at a time)
+        weights = sharding.full_state_dict(lm) if sharding.is_sharded(policy) else None
         if main:
             with writing("the final model", run_dir / "model"):
-                lm.save_pretrained(run_dir / "model")  # the final policy, loadable like any Hub model
+                lm.save_pretrained(run_dir / "model", state_dict=weights)
                 tokenizer.save_pretrained(run_dir / "model")
     except WriteError as e:  # raised by rank 0 where no other rank waits on it (resume, the logger, the model)
         raise write_failed(str(e), run_dir, last_checkpoint) from None

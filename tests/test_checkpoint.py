@@ -370,6 +370,8 @@ def test_resume_overrides_and_config_changes(tmp_path):
     # where the warm start is cached (another machine's LRN_CACHE) does not change the experiment
     moved = {**new, "seed": 0, "model": {"warm_start": {"cache_dir": "/other"}}}
     assert config_changes({**old, "model": {"warm_start": {"cache_dir": "/mine"}}}, moved) == []
+    # nor how processes share the model: either checkpoint layout loads under either strategy
+    assert config_changes({"trainer": {"strategy": "ddp"}}, {"trainer": {"strategy": "fsdp"}}) == []
     # a key lrn gained after the run started (dataset.long_prompts) is no change at its default, one otherwise
     defaults = {"dataset": {"long_prompts": "refuse"}}
     assert config_changes(old, {**old, "dataset": {"long_prompts": "refuse"}}, defaults) == []

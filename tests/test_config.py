@@ -57,6 +57,8 @@ def test_default_config_values():
     (["rollout.vllm.sleep=sometimes"], "rollout.vllm.sleep='sometimes' is invalid: allowed: auto"),
     (["run_name=../../elsewhere"], "run_name='../../elsewhere' is invalid: it names the run directory inside outputs/"),
     (["dataset.long_prompts=truncate"], "dataset.long_prompts='truncate' is invalid: allowed: refuse"),
+    (["trainer.strategy=zero3"], "trainer.strategy='zero3' is invalid: allowed: ddp (every process holds"),
+    (["trainer.strategy=fsdp", "model.device=mps"], "trainer.strategy=fsdp with model.device=mps: FSDP shards over"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:

@@ -75,7 +75,10 @@ class HFEngine:
                     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.model.device)
                     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
                                         device=self.model.device)
-                    seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+                    # synced_gpus=False: transformers would keep FSDP ranks in lock-step (one all-reduce per
+                    # token); lrn generates from whole gathered weights, each rank its own share (`compute`)
+                    seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                               synced_gpus=False, **extra)
                     for prompt, seq in zip(chunk, seqs[:, width:].tolist(), strict=True):
                         out.append(Generation(list(prompt), *finish(seq, spec, self.tokenizer.decode)))
                     if on_batch is not None:
