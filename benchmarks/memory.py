@@ -1,16 +1,19 @@
 """Peak memory of one PPO update (scoring pass + one optimizer step) on a random-weight Hub architecture.
 
     python benchmarks/memory.py --arch qwen2.5-0.5b --layers 2 --cells lean:4:264,lean:16:520,naive:4:520
+    python benchmarks/memory.py --arch qwen2.5-0.5b --layers 2 --cells lean:16:508:500,bare:16:508:500  # long prompts
 
 Each cell runs in a fresh process, so its peak is its own: peak RSS on CPU (the kernel's high-water
-mark of the child), ``torch.cuda.max_memory_allocated`` on a GPU. A cell is ``path:micro:seq``:
-``micro`` sequences of ``seq`` tokens (128 prompt + the rest answer) in one micro-batch;
-``path`` is ``lean`` (lrn's policy: answer-token logits only, chunked, recomputed in backward),
-``ckpt`` (lean + gradient checkpointing) or ``naive`` (the full [B, T, V] float32 logits, log-softmax
-and entropy with a graph, as lrn did before). The table gives the peak and what remains after the
-model state (weights, gradients and Adam's two moments: 16 bytes a parameter in fp32), and fits
-that remainder per token of the micro-batch (prompt and answer: the transformer body runs on both):
-the formula the README's memory guidance uses.
+mark of the child), ``torch.cuda.max_memory_allocated`` on a GPU. A cell is ``path:micro:seq[:prompt]``:
+``micro`` sequences of ``seq`` tokens (``prompt`` tokens, 128 by default, then the answer) in one
+micro-batch; ``path`` is ``lean`` (lrn's policy: answer-token logits only, chunked, recomputed in
+backward), ``ckpt`` (lean + gradient checkpointing), ``naive`` (the full [B, T, V] float32 logits,
+log-softmax and entropy with a graph, as lrn did before) or ``bare`` (the transformer body alone: a
+forward and backward of a scalar of its last hidden state, then the same Adam step: model state plus
+the body's own activations, the floor lrn's update is measured against). The table gives the peak
+and what remains after the model state (weights, gradients and Adam's two moments: 16 bytes a
+parameter in fp32), and fits that remainder per token of the micro-batch (prompt and answer: the
+transformer body runs on both): the formula the memory guidance in docs/gpu.md uses.
 
 The same model through the whole of ``lrn train`` (one step, 16 sequences of ~540 tokens, one micro-batch):
 
@@ -33,6 +36,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROMPT = 128
+
+
+def parse_cell(cell: str) -> tuple[str, int, int, int]:
+    """``path:micro:seq[:prompt]`` -> (path, micro, seq, prompt)."""
+    path, micro, seq, *prompt = cell.split(":")
+    return path, int(micro), int(seq), int(prompt[0]) if prompt else PROMPT
 
 
 def rss_bytes() -> int:
@@ -66,8 +75,7 @@ def run_cell(args) -> dict:
     from lrn.policy import Policy
     from lrn.update import ppo_update, prepare
 
-    path, micro, seq = args.cell.split(":")
-    micro, seq = int(micro), int(seq)
+    path, micro, seq, prompt = parse_cell(args.cell)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = rss_bytes()
     lm = build(args.arch, args.layers).to(device)
@@ -79,14 +87,19 @@ def run_cell(args) -> dict:
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-6)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, lm.config.vocab_size, (micro, seq), generator=g).to(device)
-    batch = PPOBatch(ids, torch.ones_like(ids), torch.ones(micro, seq - PROMPT, device=device),
-                     torch.rand(micro, generator=g).round().to(device), prompt_len=PROMPT)
-    spec = SamplingSpec(max_new_tokens=seq - PROMPT, temperature=0.6, top_p=0.9)
+    batch = PPOBatch(ids, torch.ones_like(ids), torch.ones(micro, seq - prompt, device=device),
+                     torch.rand(micro, generator=g).round().to(device), prompt_len=prompt)
+    spec = SamplingSpec(max_new_tokens=seq - prompt, temperature=0.6, top_p=0.9)
     cfg = PPOConfig(epochs=1, minibatches=1, micro_batch_size=micro, lr=1e-6)
     model_rss = rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if path == "naive":
+    if path == "bare":
+        with policy.autocast():
+            hidden = policy.body(input_ids=ids, attention_mask=batch.attention_mask, use_cache=False).last_hidden_state
+            hidden.float().pow(2).mean().backward()
+        optimizer.step()
+    elif path == "naive":
         with torch.no_grad(), policy.autocast():
             batch.old_logp = naive_logprobs(lm, batch)[0]
         batch.advantages = ppo.group_advantages(batch.rewards, micro)[:, None] * batch.completion_mask
@@ -130,23 +143,25 @@ def main() -> None:
         print(json.dumps(run_cell(args)))
         return
     gb = 1024**3
-    print(f"{args.arch}, {args.layers or 'all'} layers, compute {args.dtype}; prompt {PROMPT} tokens")
+    print(f"{args.arch}, {args.layers or 'all'} layers, compute {args.dtype}; prompt {PROMPT} tokens unless a cell "
+          "says otherwise (path:micro:seq:prompt)")
     print("| path | micro-batch | seq | tokens | peak GB | model state GB (16 B/param) | rest GB | rest / token |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     fits = []
     for cell in args.cells.split(","):
         r = measure(args.arch, args.layers, args.dtype, cell)
-        path, micro, seq = cell.split(":")
+        path, micro, seq, prompt = parse_cell(cell)
+        label = "" if prompt == PROMPT else f" ({prompt} prompt)"
         if "failed" in r:
-            print(f"| {path} | {micro} | {seq} | | {r['failed']} | | | |")
+            print(f"| {path} | {micro} | {seq}{label} | | {r['failed']} | | | |")
             continue
-        tokens = int(micro) * int(seq)  # the transformer body runs on prompt and answer tokens alike
+        tokens = micro * seq  # the transformer body runs on prompt and answer tokens alike
         state = 16 * r["params"]
         base = 0 if r["cuda_peak"] else r["start"]  # the Python/torch runtime before the model
         rest = r["peak"] - base - state
         fits.append((path, tokens, rest, r))
-        print(f"| {path} | {micro} | {seq} | {tokens} | {r['peak'] / gb:.2f} | {state / gb:.2f} | {rest / gb:.2f} | "
-              f"{rest / tokens / 1024:.0f} kB |")
+        print(f"| {path} | {micro} | {seq}{label} | {tokens} | {r['peak'] / gb:.2f} | {state / gb:.2f} | "
+              f"{rest / gb:.2f} | {rest / tokens / 1024:.0f} kB |")
     for path in sorted({f[0] for f in fits}):
         pts = [(t, rest) for p, t, rest, _ in fits if p == path]
         if len(pts) >= 2:

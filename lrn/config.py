@@ -59,6 +59,10 @@ class WarmStartConfig:
     seed: int = 0
     cache_dir: str = "~/.cache/lrn"
 
+    def eval_due(self, step: int) -> bool:
+        """Whether step ``step`` ends with a held-out evaluation (step 0 always has one)."""
+        return step % self.eval_every == 0 or step <= self.eval_dense_until or step == self.steps
+
     def validate(self, key: str) -> None:
         _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
         _check(self.lr > 0, f"{key}.lr", self.lr, "must be > 0")
@@ -161,22 +165,32 @@ class PPOConfig:
 
 @dataclass
 class TrainerConfig:
-    """Loop sizes and cadences."""
+    """Loop sizes and cadences, and how several processes share the model (``strategy``)."""
 
     steps: int = 40
     batch_size: int = 32
     rollouts_per_question: int = 8
     eval_every: int = 10
+    eval_dense_until: int = 0
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     debug_nan_step: int | None = None
+    strategy: str = "ddp"
+
+    def eval_due(self, step: int) -> bool:
+        """Whether step ``step`` ends with a held-out evaluation (step 0 always has one)."""
+        return step % self.eval_every == 0 or step <= self.eval_dense_until or step == self.steps
 
     def validate(self, key: str) -> None:
+        _check(self.strategy in ("ddp", "fsdp"), f"{key}.strategy", self.strategy,
+               "allowed: ddp (every process holds the whole model), fsdp (weights, gradients and optimizer "
+               "state sharded across processes; docs/distributed.md)")
         _check(self.steps >= 0, f"{key}.steps", self.steps, "must be >= 0")
         _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "must be >= 1")
         _check(self.rollouts_per_question >= 1, f"{key}.rollouts_per_question", self.rollouts_per_question,
                "must be >= 1")
         _check(self.eval_every >= 1, f"{key}.eval_every", self.eval_every, "must be >= 1")
+        _check(self.eval_dense_until >= 0, f"{key}.eval_dense_until", self.eval_dense_until, "must be >= 0 (0: off)")
         _check(self.checkpoint_every >= 1, f"{key}.checkpoint_every", self.checkpoint_every, "must be >= 1")
         _check(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         _check(self.debug_nan_step is None or self.debug_nan_step >= 1, f"{key}.debug_nan_step",
@@ -317,10 +331,15 @@ class Config:
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f.name)
+        _check(bool(self.run_name) and not any(bad in self.run_name for bad in ("/", "\\", "..", "\0")), "run_name",
+               self.run_name, "it names the run directory inside outputs/: no '/', '\\' or '..'")
         if self.model.name_or_path is None and self.dataset.name != "arithmetic":
             raise ConfigError(f"model.name_or_path=null builds the embedded arithmetic model, which cannot learn "
                               f"dataset={self.dataset.name}; set model.name_or_path=<Hub name or local directory> "
                               "or model=qwen2.5-0.5b-instruct")
+        if self.trainer.strategy == "fsdp" and self.model.device.startswith("mps"):
+            raise ConfigError("trainer.strategy=fsdp with model.device=mps: FSDP shards over NCCL (CUDA) or gloo (CPU) "
+                              "process groups; use trainer.strategy=ddp or model.device=cpu")
         if self.sampler.name != "uniform":
             _check(self.trainer.rollouts_per_question >= 2, "trainer.rollouts_per_question",
                    self.trainer.rollouts_per_question, f"sampler={self.sampler.name} needs K >= 2 rollouts "

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from lrn.validation import _check
 
 
-def _check_prompt_and_grader(key: str, prompt_template: str, max_new_tokens: int, grader: str) -> None:
+def _check_prompt_and_grader(key: str, prompt_template: str, max_new_tokens: int, grader: str,
+                             long_prompts: str) -> None:
     """The checks every dataset shares: where the question goes, the answer budget, a known grader."""
     from lrn.grading import GRADERS
 
     _check("{question}" in prompt_template, f"{key}.prompt_template", prompt_template, "must contain '{question}'")
     _check(max_new_tokens >= 1, f"{key}.max_new_tokens", max_new_tokens, "must be >= 1")
     _check(grader in GRADERS, f"{key}.grader", grader, f"allowed: {', '.join(sorted(GRADERS))}")
+    _check(long_prompts in ("refuse", "drop"), f"{key}.long_prompts", long_prompts,
+           "allowed: refuse (stop at the first prompt too long for the model), drop (leave such questions out)")
 
 
 @dataclass
@@ -33,6 +36,7 @@ class ArithmeticConfig:
     prompt_template: str = "{question}="
     max_new_tokens: int = 9
     grader: str = "integer"
+    long_prompts: str = "refuse"
 
     def validate(self, key: str) -> None:
         _check(1 <= self.levels <= 9, f"{key}.levels", self.levels, "must be in 1..9")
@@ -50,7 +54,8 @@ class ArithmeticConfig:
                "needs a validation split: set dataset.val_per_level >= 1")
         _check(self.width == 0 or self.width >= self.levels + 1, f"{key}.width", self.width,
                "must be 0 (natural numbers) or at least dataset.levels + 1 digits")
-        _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader)
+        _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader,
+                                 self.long_prompts)
 
 
 @dataclass
@@ -81,6 +86,7 @@ class HubDatasetConfig:
     prompt_template: str = "{question}"
     max_new_tokens: int = 512
     grader: str = "numeric"
+    long_prompts: str = "refuse"
 
     def validate(self, key: str) -> None:
         _check(self.format in ("gsm8k", "math", "fields"), f"{key}.format", self.format,
@@ -97,4 +103,5 @@ class HubDatasetConfig:
                "set dataset.path to a local .jsonl file (this dataset has no Hub source)")
         _check(self.train_limit is None or self.train_limit >= 1, f"{key}.train_limit", self.train_limit,
                "must be >= 1 or null")
-        _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader)
+        _check_prompt_and_grader(key, self.prompt_template, self.max_new_tokens, self.grader,
+                                 self.long_prompts)

@@ -24,13 +24,16 @@ T = TypeVar("T")
 
 
 def launched() -> bool:
-    """Whether a launcher started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether a launcher (torchrun, accelerate launch) started this process, even as its only process."""
+    return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
-def init() -> None:
-    """Join the process group of a multi-process launch (once); a no-op for a single process."""
-    if not launched() or dist.is_initialized():
+def init(alone: bool = False) -> None:
+    """Join the process group of a launch (once), and make one collective call so that the backend's
+    communicators exist (NCCL creates them lazily); a no-op without a launcher, unless ``alone``: then
+    the process joins a group of its own (FSDP shards over a process group, even of one). A launch of
+    one process joins a group of one: every function here then acts as for a single process."""
+    if dist.is_initialized() or not (launched() or alone):
         return
     # torch.distributed.nn binds ``group.WORLD`` as default arguments when it is first imported (the
     # trainer's imports reach it: transformers -> torch.distributed.fsdp). Imported after the group
@@ -38,11 +41,19 @@ def init() -> None:
     # outlive the interpreter and can abort the rank at exit (SIGABRT). Imported now, they bind None.
     import torch.distributed.nn  # noqa: F401
 
+    kwargs: dict = {}
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+        kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
+    if not launched():  # alone: an in-memory store, no port, no launcher variables needed
+        kwargs.update(store=dist.HashStore(), rank=0, world_size=1)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", **kwargs)
+    dist.barrier()
+
+
+def backend() -> str:
+    """The process group's backend (nccl, gloo), or ``none`` without a launcher."""
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
 
 
 def active() -> bool:
@@ -99,6 +110,15 @@ def broadcast_object(obj: T) -> T:
     return box[0]
 
 
+def broadcast_tensors(tensors) -> None:
+    """Overwrite each tensor in place with rank 0's (nothing for a single process)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
 def sum_values(values: dict[str, float]) -> dict[str, float]:
     """Key-wise sums over ranks (a key a rank lacks counts as 0); the dict itself for a single process."""
     if not active():
@@ -138,8 +158,11 @@ def _sum_hook(state, bucket):  # unannotated: DDP checks the annotations, which 
 
 def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` inside torch's DistributedDataParallel under several processes (built once, kept on the
-    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass."""
-    if not active():
+    module), itself otherwise. Gradients are summed across ranks in buckets during the backward pass.
+    A module sharded with FSDP (``trainer.strategy=fsdp``) is returned as it is: it syncs by itself."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not active() or isinstance(module, FSDPModule):
         return module
     wrapped = module.__dict__.get("_data_parallel")
     if wrapped is None:

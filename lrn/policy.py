@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lrn import sharding
 from lrn.batch import PPOBatch
 from lrn.engines import SamplingSpec
 from lrn.validation import ConfigError
@@ -230,10 +231,17 @@ class Policy(nn.Module):
         rows = torch.arange(n) if rows is None else rows
         logp = torch.zeros_like(batch.completion_mask)
         values = torch.zeros_like(batch.completion_mask) if self.value_head is not None else None
-        for idx, micro in batch.micro_batches(rows, max_rows, max_tokens):
+        micros = batch.micro_batches(rows, max_rows, max_tokens)
+        if sharding.is_sharded(self):  # every rank runs as many forward passes (each all-gathers the blocks)
+            micros = sharding.pad(micros, (None, batch.rows(torch.arange(1)).trimmed()))
+        for idx, micro in micros:
             lp, _, v = self(micro, spec)
+            if idx is None:  # a pass for the collectives' sake
+                continue
             idx = idx.to(logp.device)
             logp[idx, :lp.shape[1]] = lp
             if values is not None:
                 values[idx, :v.shape[1]] = v
+        if sharding.is_sharded(self):  # FSDP keeps the root unit gathered after a forward, for the backward that
+            self.reshard()  # follows in training; none follows here (never, for the KL reference)
         return logp, values

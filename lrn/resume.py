@@ -17,10 +17,11 @@ from omegaconf import OmegaConf
 from lrn.config import Config, ConfigError
 
 # Keys (or prefixes ending in ".") that may change on resume: cadences, run length, memory bounds,
-# logging, where the warm start is cached, and the two non-finite switches (so a run stopped by a
-# NaN can go on with skips).
+# logging, where the warm start is cached, the two non-finite switches (so a run stopped by a NaN can
+# go on with skips), and how processes share the model (either checkpoint layout loads under either).
 HARMLESS = (
-    "resume", "force_resume", "run_name", "trainer.steps", "trainer.eval_every", "trainer.checkpoint_every",
+    "resume", "force_resume", "run_name", "trainer.steps", "trainer.eval_every", "trainer.eval_dense_until",
+    "trainer.checkpoint_every", "trainer.strategy",
     "trainer.keep_checkpoints", "trainer.debug_nan_step", "ppo.skip_nonfinite", "rollout.batch_size",
     "eval.batch_size", "eval.output_dir", "logger.", "model.warm_start.cache_dir",
 )
@@ -81,13 +82,18 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, child in node.items() for k, v in flatten(child, f"{prefix}{key}.").items()}
 
 
-def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
-    """(key, old, new) for every key that differs and is not :data:`HARMLESS`."""
-    a, b = flatten(old), flatten(new)
+def config_changes(old: dict, new: dict, defaults: dict | None = None) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) for every key that differs and is not :data:`HARMLESS`.
+
+    ``defaults``: the schema's default config; a key the old config lacks (lrn gained it after the run
+    started) is no change while the new config leaves it at its default."""
+    a, b, d = flatten(old), flatten(new), flatten(defaults or {})
     missing = object()
     changes = []
     for key in dict.fromkeys([*a, *b]):
         if key in HARMLESS or key.startswith(tuple(h for h in HARMLESS if h.endswith("."))):
+            continue
+        if key not in a and key in d and b.get(key, missing) == d[key]:
             continue
         if a.get(key, missing) != b.get(key, missing):
             changes.append((key, a.get(key, "<absent>"), b.get(key, "<absent>")))
@@ -106,7 +112,8 @@ def check_resume_config(run_dir: Path, config: Config) -> None:
         raise ConfigError(f"trainer.steps={config.trainer.steps} is below the run's newest checkpoint (step {newest}); "
                           f"set trainer.steps >= {newest}")
     new = OmegaConf.to_container(OmegaConf.structured(config))
-    changes = config_changes(old, new)
+    schema = Config(dataset=type(config.dataset)(), sampler=type(config.sampler)())
+    changes = config_changes(old, new, OmegaConf.to_container(OmegaConf.structured(schema)))
     if changes and not config.force_resume:
         listed = ", ".join(f"{k} ({v0!r} -> {v1!r})" for k, v0, v1 in changes[:6])
         more = f" and {len(changes) - 6} more" if len(changes) > 6 else ""

@@ -91,7 +91,7 @@ class RolloutEngine:
         tok = self.tokenizer
         prompts = [ids for ids in prompt_ids(self.task, tok, problems) for _ in range(k)]
         spec = self.spec.as_greedy() if greedy else self.spec
-        if self.seed is not None:
+        if self.seed is not None and prompts:  # a call without prompts draws nothing, and counts as none
             spec = replace(spec, seed=derive_seed(self.seed, self.step, self._calls, distributed.rank()))
             self._calls += 1
         generated = self.engine.generate(prompts, spec, self.on_batch, logprobs=self.logprobs and not greedy)
@@ -140,7 +140,9 @@ class ShardedRollouts:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(derive_seed(*self.seed, distributed.rank(), self.calls))
-            groups = self.engine.rollout(mine, k, greedy, count) if mine else []
+            # an empty share too: generating from a sharded policy (trainer.strategy=fsdp) first gathers
+            # its weights, a collective every rank must join
+            groups = self.engine.rollout(mine, k, greedy, count)
         return distributed.gather_shards(groups)
 
 

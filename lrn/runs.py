@@ -36,7 +36,7 @@ SECONDS_SOURCES = {
 MISSING = "\0missing"
 # Evaluation settings every compared run must share: eval.* keys that change what is measured, and the
 # dataset.* keys that define the held-out set or its grading (all but these training-side ones).
-EVAL_KEYS = ("eval.limit", "eval.samples", "trainer.eval_every")
+EVAL_KEYS = ("eval.limit", "eval.samples", "trainer.eval_every", "trainer.eval_dense_until")
 TRAINING_DATASET_KEYS = {"dataset.path", "dataset.train_split", "dataset.train_size", "dataset.train_seed",
                          "dataset.train_limit", "dataset.prompt_template", "dataset.max_new_tokens"}
 

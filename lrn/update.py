@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from lrn import distributed, ppo
+from lrn import distributed, ppo, sharding
 from lrn.batch import PPOBatch
 from lrn.config import PPOConfig
 from lrn.engines import SamplingSpec
@@ -101,8 +101,13 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
     contiguous share of every mini-batch, weighted by its tokens over the mini-batch's, micro-batches
     before the last skip the gradient sync (``no_sync``), and the last one's backward sums the gradients
     across ranks in buckets, overlapped with the backward pass (``distributed.data_parallel``).
+    Sharded with FSDP (``trainer.strategy=fsdp``), every micro-batch's backward reduce-scatters (sums) its
+    gradients into each rank's float32 shard: accumulating unsharded gradients between micro-batches
+    would hold a whole float32 gradient on every rank, which sharding is there to avoid. Clipping uses
+    the global norm over all shards.
     """
     model = distributed.data_parallel(policy)
+    sharded = sharding.is_sharded(policy)
     n = len(batch)
     size = max(1, n // cfg.minibatches)
     sums: dict[str, float] = {}
@@ -115,8 +120,11 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
             mine = torch.as_tensor(distributed.shard(idx))  # this rank's rows; weights stay relative to all `tokens`
             micros = [(mb, mb.completion_mask.sum() / tokens)
                       for _, mb in batch.micro_batches(mine, cfg.micro_batch_size, cfg.micro_batch_tokens)]
-            if not micros:  # no row of this mini-batch here: a weightless pass, so that the ranks' syncs match
-                micros = [(batch.rows(idx[:1]).trimmed(), torch.zeros(()))]
+            weightless = (batch.rows(idx[:1]).trimmed(), torch.zeros(()))
+            if sharded:  # as many passes on every rank: each all-gathers the blocks and reduce-scatters
+                micros = sharding.pad(micros, weightless)
+            elif not micros:  # no row of this mini-batch here: a weightless pass, so that the ranks' syncs match
+                micros = [weightless]
             optimizer.zero_grad(set_to_none=True)
             parts: dict[str, float] = {}
             for j, (mb, weight) in enumerate(micros):
@@ -126,7 +134,7 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
                 for key, value in terms.items():
                     parts[key] = parts.get(key, 0.0) + (value.detach() * weight.to(value.device)).item()
             parts = distributed.sum_values(parts)  # the whole mini-batch's values, the same on every rank
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
+            grad_norm = sharding.full(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)).item()
             if not (math.isfinite(grad_norm) and math.isfinite(parts["loss/total"])):
                 optimizer.zero_grad(set_to_none=True)
                 if not cfg.skip_nonfinite:

@@ -40,8 +40,9 @@ def cache_key(cfg: ModelConfig, task_cfg: ArithmeticConfig) -> str:
         "version": RECIPE_VERSION,
         "tiny": dataclasses.asdict(cfg.tiny),
         "warm_start": {k: v for k, v in dataclasses.asdict(cfg.warm_start).items() if k != "cache_dir"},
-        # which held-out split is evaluated does not change the warm start (both are excluded from it)
-        "task": {k: v for k, v in dataclasses.asdict(task_cfg).items() if k != "eval_split"},
+        # which held-out split is evaluated does not change the warm start (both are excluded from it), nor
+        # what happens to prompts too long for the model (the warm start makes its own)
+        "task": {k: v for k, v in dataclasses.asdict(task_cfg).items() if k not in ("eval_split", "long_prompts")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -44,14 +44,15 @@ def build_tokenizer(chat: bool):
     return tok
 
 
-def build(directory: Path, chat: bool = True, seed: int = 0) -> Path:
-    """Save a ~0.1M-parameter model and its tokenizer into ``directory`` (Qwen2 if ``chat``, else Llama)."""
+def build(directory: Path, chat: bool = True, seed: int = 0, positions: int = 2048) -> Path:
+    """Save a ~0.1M-parameter model and its tokenizer into ``directory`` (Qwen2 if ``chat``, else Llama) that
+    reads ``positions`` tokens at most."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     tok = build_tokenizer(chat)
     shape = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=positions,
                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
     model = Qwen2ForCausalLM(Qwen2Config(**shape)) if chat else LlamaForCausalLM(LlamaConfig(**shape))
     ends = [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id] if chat else tok.eos_token_id

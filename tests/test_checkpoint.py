@@ -1,19 +1,24 @@
 """Checkpoints and exact resume: a run that is killed, interrupted or damaged continues exactly."""
 
+import hashlib
 import json
 import os
 import random
+import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY
+from safetensors.torch import load_file
 
 from lrn.batch import PPOBatch
 from lrn.checkpoint import (
@@ -35,6 +40,7 @@ from lrn.models import build_char_tokenizer, build_tiny_model
 from lrn.policy import Policy
 from lrn.resume import config_changes, resume_overrides
 from lrn.samplers.uniform import UniformSampler
+from lrn.storage import writing
 from lrn.tasks import Problem
 
 RUN = [*TINY, "trainer.steps=6", "trainer.checkpoint_every=2"]
@@ -137,6 +143,99 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(run_lrn, baseline,
     assert "resuming" in output and "step_4" in output
     assert_same_as_uninterrupted(run_dir, baseline)
     assert latest_checkpoint(run_dir / "checkpoints").path.name == "step_6"  # rewritten, valid again
+
+
+def flip(path: Path, offset: int, length: int) -> None:
+    """Invert ``length`` bytes of ``path`` from ``offset``: damage that keeps the file's size."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + length] = bytes(b ^ 0xFF for b in data[offset:offset + length])
+    path.write_bytes(bytes(data))
+
+
+def warnings(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if "][WARNING] - " in ln]
+
+
+@pytest.mark.slow
+def test_flipped_bytes_in_the_newest_weights_fall_back_to_the_previous_checkpoint(run_lrn, baseline, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(baseline, run_dir)
+    weights = run_dir / "checkpoints" / "step_6" / "model" / "model.safetensors"
+    size = weights.stat().st_size
+    flip(weights, size // 2, 4096)  # inside the tensors: the header still parses and every size still matches
+    assert weights.stat().st_size == size and load_file(str(weights)).keys()
+    proc = run_lrn("train", f"resume={run_dir}")
+    output = proc.stdout + proc.stderr  # Hydra logs to stdout
+    (warning,) = warnings(output)
+    assert warning.endswith(f"damaged checkpoint, skipped: {weights}: contents changed since it was written "
+                            "(SHA-256 differs from manifest.json)")
+    assert f"resuming {run_dir} from {run_dir / 'checkpoints' / 'step_4'}" in output
+    assert_same_as_uninterrupted(run_dir, baseline)
+    assert latest_checkpoint(run_dir / "checkpoints").path.name == "step_6"  # rewritten, valid again
+
+
+def read_only(directory: Path) -> tuple[str, Callable[[], None]]:
+    """Make ``directory`` refuse new entries for real: chmod for a user, the immutable flag for root (whom
+    permissions do not stop). Returns the error the system gives and how to undo it."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return "Permission denied", lambda: directory.chmod(0o755)
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr +i (CAP_LINUX_IMMUTABLE): no real read-only directory")
+    return "Operation not permitted", lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def limit_file_size() -> None:
+    """In the child: writing past 32 KiB fails with EFBIG (Python ignores SIGXFSZ). The tiny model's metrics,
+    configs and state files stay below; its 55 KB weights do not."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cause", ["file-size limit", "read-only directory"])
+def test_a_failed_checkpoint_write_ends_in_one_line_and_the_run_resumes_exactly(run_lrn, cache_dir, baseline,
+                                                                                tmp_path, cause):
+    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    shutil.copytree(baseline, run_dir)  # as if stopped after step 4's checkpoint: steps 5-6 to go
+    shutil.rmtree(checkpoints / "step_6")
+    shutil.rmtree(run_dir / "model")
+    undo, preexec = (lambda: None), None
+    if cause == "file-size limit":
+        reason, preexec = "File too large", limit_file_size
+    else:
+        reason, undo = read_only(checkpoints)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lrn.cli", "train", f"resume={run_dir}"], cwd=ROOT,
+                              env={**os.environ, "LRN_CACHE": str(cache_dir), "WANDB_SILENT": "true"},
+                              preexec_fn=preexec, capture_output=True, text=True, timeout=600)
+    finally:
+        undo()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("lrn:")] == [
+        f"lrn: error: cannot write checkpoint {checkpoints / 'step_6'}: {reason}; last good checkpoint: "
+        f"{checkpoints / 'step_4'}; free space (or make {run_dir} writable), then resume with: lrn train "
+        f"resume={run_dir}"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4"]  # no half-written one, not even a temporary
+    assert read_metrics(run_dir)[-1]["step"] == 6  # logged before its checkpoint failed; the resume logs it again
+    run_lrn("train", f"resume={run_dir}")
+    assert_same_as_uninterrupted(run_dir, baseline)
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_run_starts_ends_it_in_one_line(cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lrn.cli", "train", *RUN, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            env={**os.environ, "LRN_CACHE": str(cache_dir), "WANDB_SILENT": "true"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # logged once the run directory is held, before the model is loaded
+        if "run directory:" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in output, output[-2000:]
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("lrn:")]
+    assert re.fullmatch(rf"lrn: interrupted (while starting, before step 1; start the run again|at step \d+; "
+                        rf"resume with: lrn train resume={re.escape(str(run_dir))})", line), line
 
 
 @pytest.mark.slow
@@ -246,10 +345,10 @@ def test_damaged_checkpoints_are_skipped_with_a_warning_naming_the_file(tmp_path
         write_checkpoint(root, step, *objects, TrainState(step=step, history=[(0, 0.5)]), keep=2)
     assert [p.name for p in list_checkpoints(root)] == ["step_3", "step_2"]
     state_json = root / "step_3" / "state.json"
-    state_json.write_text("x" * state_json.stat().st_size)  # same size, garbage
+    state_json.write_text("x" * state_json.stat().st_size)  # same size, garbage: its checksum gives it away
     ckpt = latest_checkpoint(root)
     assert ckpt.path.name == "step_2" and ckpt.state.history == [(0, 0.5)]
-    assert f"{state_json}: unreadable" in caplog.text
+    assert f"{state_json}: contents changed since it was written" in caplog.text
     policy, _, optimizer, schedule, sampler = small_run_objects()
     assert apply_checkpoint(ckpt, policy, optimizer, schedule, sampler).step == 2
     head = root / "step_2" / "value_head.safetensors"
@@ -287,6 +386,31 @@ def test_resume_overrides_and_config_changes(tmp_path):
     # where the warm start is cached (another machine's LRN_CACHE) does not change the experiment
     moved = {**new, "seed": 0, "model": {"warm_start": {"cache_dir": "/other"}}}
     assert config_changes({**old, "model": {"warm_start": {"cache_dir": "/mine"}}}, moved) == []
+    # nor how processes share the model: either checkpoint layout loads under either strategy
+    assert config_changes({"trainer": {"strategy": "ddp"}}, {"trainer": {"strategy": "fsdp"}}) == []
+    # a key lrn gained after the run started (dataset.long_prompts) is no change at its default, one otherwise
+    defaults = {"dataset": {"long_prompts": "refuse"}}
+    assert config_changes(old, {**old, "dataset": {"long_prompts": "refuse"}}, defaults) == []
+    assert config_changes(old, {**old, "dataset": {"long_prompts": "drop"}}, defaults) == [
+        ("dataset.long_prompts", "<absent>", "drop")]
+
+
+def test_flipped_weight_bytes_are_found_by_the_checksum_before_anything_is_loaded(tmp_path, caplog):
+    objects = small_run_objects()
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        write_checkpoint(root, step, *objects, TrainState(step=step, history=[(0, 0.5)]), keep=2)
+    manifest = json.loads((root / "step_2" / "manifest.json").read_text())
+    weights = root / "step_2" / "model" / "model.safetensors"
+    assert manifest["files"]["model/model.safetensors"] == {"size": weights.stat().st_size,
+                                                            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    flip(weights, weights.stat().st_size // 2, 64)
+    assert load_file(str(weights)).keys()  # still a well-formed file of the same size: only the checksum tells
+    ckpt = latest_checkpoint(root)
+    assert ckpt.path.name == "step_1"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"damaged checkpoint, skipped: {weights}: contents changed since it was written (SHA-256 differs from "
+        "manifest.json)"]
 
 
 def test_truncate_metrics_drops_later_and_partial_rows(tmp_path):
@@ -294,3 +418,36 @@ def test_truncate_metrics_drops_later_and_partial_rows(tmp_path):
     path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3, "x": ')
     truncate_metrics(path, 1)
     assert path.read_text() == '{"step": 0}\n{"step": 1}\n'
+
+
+WRITE_PAST_THE_LIMIT = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import save_file
+from lrn.config import WandbConfig
+from lrn.logger import MetricsLogger
+from lrn.storage import WriteError, writing
+run_dir = Path(sys.argv[1])
+logger = MetricsLogger(run_dir, "run", {}, WandbConfig(mode="disabled"))
+try:
+    logger.log({"step": 0, "text": "x" * 40_000})  # past 32 KiB: Python's writer: OSError
+except WriteError as e:
+    print(e)
+logger.close()
+try:
+    with writing("a checkpoint", run_dir / "w.safetensors"):  # safetensors' Rust writer: "... (os error 27)"
+        save_file({"w": torch.zeros(10_000)}, str(run_dir / "w.safetensors"))
+except WriteError as e:
+    print(e)
+"""
+
+
+def test_a_failed_write_is_a_write_error_naming_what_and_where_from_python_and_rust_writers(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", WRITE_PAST_THE_LIMIT, str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit_file_size,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [f"cannot write metrics {tmp_path / 'metrics.jsonl'}: File too large",
+                                        f"cannot write a checkpoint {tmp_path / 'w.safetensors'}: File too large"]
+    with pytest.raises(KeyError), writing("a checkpoint", tmp_path):
+        raise KeyError("a bug, not a failed write: it stays what it is")

@@ -55,6 +55,10 @@ def test_default_config_values():
     (["rollout.vllm.max_model_len=longest"], "rollout.vllm.max_model_len='longest' is invalid: allowed: auto"),
     (["rollout.vllm.max_model_len=0"], "rollout.vllm.max_model_len=0 is invalid: allowed: auto"),
     (["rollout.vllm.sleep=sometimes"], "rollout.vllm.sleep='sometimes' is invalid: allowed: auto"),
+    (["run_name=../../elsewhere"], "run_name='../../elsewhere' is invalid: it names the run directory inside outputs/"),
+    (["dataset.long_prompts=truncate"], "dataset.long_prompts='truncate' is invalid: allowed: refuse"),
+    (["trainer.strategy=zero3"], "trainer.strategy='zero3' is invalid: allowed: ddp (every process holds"),
+    (["trainer.strategy=fsdp", "model.device=mps"], "trainer.strategy=fsdp with model.device=mps: FSDP shards over"),
 ])
 def test_invalid_configs_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -105,3 +109,10 @@ def test_hf_stays_the_default_engine_and_vllm_settings_default_to_auto():
     explicit = to_config(compose(["rollout.vllm.max_model_len=2048", "rollout.vllm.sleep=false"])).rollout.vllm
     assert (explicit.max_model_len, explicit.sleep) == (2048, False)
     assert to_config(compose(["rollout.vllm.max_model_len=null"])).rollout.vllm.max_model_len is None
+
+
+def test_evaluation_steps_every_n_and_dense_at_the_start():
+    trainer = to_config({"trainer": {"steps": 23, "eval_every": 10, "eval_dense_until": 3}}).trainer
+    assert [s for s in range(24) if trainer.eval_due(s)] == [0, 1, 2, 3, 10, 20, 23]
+    with pytest.raises(ConfigError, match="trainer.eval_dense_until"):
+        to_config({"trainer": {"eval_dense_until": -1}})

@@ -15,17 +15,19 @@ import torch
 import torch.multiprocessing as mp
 from conftest import ROOT, TINY
 
-from lrn import distributed
+from lrn import distributed, sharding
 from lrn.batch import PPOBatch
 from lrn.config import PPOConfig, TinyModelConfig
 from lrn.engines import SamplingSpec
-from lrn.models import build_char_tokenizer, build_tiny_model
+from lrn.models import build_char_tokenizer, build_tiny_model, enable_gradient_checkpointing
 from lrn.policy import Policy
 from lrn.update import ppo_update, prepare
 
-# group: whole mini-batches; gae (+ value head, KL reference): micro-batches of 2 rows
-CASES = {"group": PPOConfig(advantage="group", ent_coef=0.01),
-         "gae": PPOConfig(advantage="gae", ent_coef=0.01, kl_coef=0.1, micro_batch_size=2)}
+# group: whole mini-batches; gae (+ value head, KL reference): micro-batches of 2 rows; gae+checkpointing:
+# the same with Hugging Face's gradient checkpointing of each block (the same maths, recomputed)
+GAE = PPOConfig(advantage="gae", ent_coef=0.01, kl_coef=0.1, micro_batch_size=2)
+CASES = {"group": PPOConfig(advantage="group", ent_coef=0.01), "gae": GAE, "gae+checkpointing": GAE,
+         "lora": PPOConfig(advantage="group", ent_coef=0.01, kl_coef=0.1)}  # reference: the adapters off
 
 
 def test_shard_splits_contiguously_and_gather_inverts_it():
@@ -35,13 +37,26 @@ def test_shard_splits_contiguously_and_gather_inverts_it():
     assert list(distributed.shard(items)) == items  # a single process: everything, no process group
 
 
-def one_update(cfg: PPOConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """One PPO step (2 epochs x 2 mini-batches of 5 rows: uneven shards) on fixed rollouts; the parameter change."""
+def one_update(cfg: PPOConfig, strategy: str = "ddp", state: dict | None = None, variant: str = ""
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One PPO step (2 epochs x 2 mini-batches of 5 rows: uneven shards) on fixed rollouts; the parameter change.
+
+    ``strategy="fsdp"``: the policy sharded first (2 blocks); ``state`` receives this rank's share of the
+    parameter and Adam elements and the whole model's count."""
+    checkpointing, lora = variant.endswith("checkpointing"), variant == "lora"
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
-    lm = build_tiny_model(TinyModelConfig(layers=1, width=16, heads=2, ffn=32), tokenizer)
+    lm = build_tiny_model(TinyModelConfig(layers=2, width=16, heads=2, ffn=32), tokenizer)
+    if checkpointing:
+        enable_gradient_checkpointing(lm)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(lm, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
     policy = Policy(lm, with_value=cfg.advantage == "gae", reference=cfg.kl_coef > 0)
-    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    if strategy == "fsdp":
+        sharding.shard(policy)
+    before = {n: sharding.full(p).detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     g = torch.Generator().manual_seed(1)
     rows, p_len, c_len, k = 10, 4, 6, 5
     lengths = torch.randint(1, c_len + 1, (rows,), generator=g)
@@ -54,17 +69,28 @@ def one_update(cfg: PPOConfig) -> tuple[dict[str, torch.Tensor], dict[str, float
     prepare(policy, cfg, batch, spec, k)
     torch.manual_seed(2)  # the mini-batch order
     stats = ppo_update(policy, optimizer, cfg, batch, spec)
-    return {n: p.detach() - before[n] for n, p in policy.named_parameters()}, stats
+    if state is not None and strategy == "fsdp":
+        state["whole"] = sum(p.numel() for p in policy.parameters())  # a DTensor's numel is the whole's
+        state["params"] = sum(p.to_local().numel() for p in policy.parameters())
+        state["trained"] = sum(p.to_local().numel() for p in policy.parameters() if p.requires_grad)
+        state["adam"] = sum(v.to_local().numel() for s in optimizer.state.values() for v in s.values() if v.dim())
+        state["rows"] = sum(p.numel() // p.shape[0] for p in policy.parameters())  # one dim-0 row of each
+    return {n: sharding.full(p).detach() - before[n] for n, p in policy.named_parameters() if p.requires_grad}, stats
 
 
-def _update_worker(rank: int, world: int, port: int, out: str) -> None:
+def _update_worker(rank: int, world: int, port: int, out: str, strategies: tuple[str, ...] = ("ddp",)) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     distributed.init()
-    results = {name: one_update(cfg) for name, cfg in CASES.items()}
+    results, states = {}, {}
+    for strategy in strategies:
+        for name, cfg in CASES.items():
+            states[strategy, name] = {}
+            results[strategy, name] = one_update(cfg, strategy, states[strategy, name], name)
     if rank == 0:
         torch.save(results, out)
+    torch.save(states, f"{out}.state{rank}")
     distributed.shutdown()
 
 
@@ -74,19 +100,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_same_update(delta, stats, single_delta, single_stats, name):
+    assert any(d.abs().max() > 0 for d in single_delta.values()), name
+    assert delta.keys() == single_delta.keys()
+    for key in single_delta:
+        torch.testing.assert_close(delta[key], single_delta[key], rtol=1e-4, atol=1e-7, msg=f"{name} {key}")
+    assert stats.keys() == single_stats.keys()
+    for key in stats:
+        assert stats[key] == pytest.approx(single_stats[key], rel=1e-4, abs=1e-7), (name, key)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_sharded_update_equals_the_single_process_update_and_each_rank_holds_its_share(tmp_path, world):
+    """trainer.strategy=fsdp on 1 and 2 processes (FSDP2 on gloo): the update equals the unsharded
+    single-process one (value head and KL reference included; gradients summed, not averaged, and
+    clipped by the global norm), and each rank holds 1/N of the parameters and of Adam's two moments,
+    within one dim-0 row per parameter (FSDP2 shards every tensor on dim 0, the last rank's share padded)."""
+    out = tmp_path / "fsdp.pt"
+    mp.spawn(_update_worker, args=(world, free_port(), str(out), ("fsdp",)), nprocs=world)
+    sharded = torch.load(out)
+    for name, cfg in CASES.items():
+        assert_same_update(*sharded["fsdp", name], *one_update(cfg, variant=name), name)
+        states = [torch.load(f"{out}.state{r}")["fsdp", name] for r in range(world)]
+        whole = states[0]["whole"]
+        assert sum(s["params"] for s in states) == whole  # the shards partition every parameter
+        for s in states:
+            assert abs(s["params"] - whole / world) <= s["rows"], (name, s)
+            assert s["adam"] == 2 * s["trained"], (name, s)  # exp_avg and exp_avg_sq, sharded alike
+
+
 def test_two_process_update_equals_the_single_process_update(tmp_path):
     out = tmp_path / "two.pt"
     mp.spawn(_update_worker, args=(2, free_port(), str(out)), nprocs=2)
     two = torch.load(out)
     for name, cfg in CASES.items():
-        single_delta, single_stats = one_update(cfg)
-        delta, stats = two[name]
-        assert any(d.abs().max() > 0 for d in single_delta.values()), name
-        for key in single_delta:
-            torch.testing.assert_close(delta[key], single_delta[key], rtol=1e-4, atol=1e-7, msg=f"{name} {key}")
-        assert stats.keys() == single_stats.keys()
-        for key in stats:
-            assert stats[key] == pytest.approx(single_stats[key], rel=1e-4, abs=1e-7), (name, key)
+        single_delta, single_stats = one_update(cfg, variant=name)
+        assert_same_update(*two["ddp", name], single_delta, single_stats, name)
 
 
 def predictive_run() -> dict:
@@ -193,8 +242,10 @@ ACCELERATE = [str(Path(sys.executable).with_name("accelerate")), "launch", "--mu
 
 
 def env(cache_dir: Path) -> dict[str, str]:
+    # torchrun (and accelerate, through it) SIGKILLs the ranks 30 s after passing a SIGTERM on, by default: on
+    # a loaded machine, before they have finished their step and checkpoint. The tests give them 10 minutes.
     return {**os.environ, "LRN_CACHE": str(cache_dir), "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1"}
+            "OMP_NUM_THREADS": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}
 
 
 def launch(cache_dir: Path, cwd: Path, *args: str, launcher: list[str] = TORCHRUN) -> subprocess.CompletedProcess:
@@ -216,7 +267,7 @@ def without_timings(rows: list[dict]) -> list[dict]:
 # lrn.cli's train_job does, so after the join), communicate, leave; then list its native threads.
 RANK_EXIT = """
 import json, os, sys
-from lrn import distributed
+from lrn import distributed, sharding
 distributed.init()
 import lrn.trainer  # noqa: F401  (imports transformers -> torch.distributed.fsdp -> torch.distributed.nn)
 distributed.barrier()
@@ -250,7 +301,7 @@ def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, lau
     if launcher is ACCELERATE:  # its default port 29500 can still be held by the previous launch: take a free one
         launcher = [*ACCELERATE, f"--main_process_port={free_port()}"]
     proc = launch(cache_dir, tmp_path, *EIGHT, launcher=launcher)  # no hydra.run.dir: ranks agree on ${now:...}
-    assert "(processes: 2)" in proc.stderr + proc.stdout
+    assert "(processes: 2, process group: gloo)" in proc.stderr + proc.stdout
     (metrics,) = list((tmp_path / "outputs").glob("*/*/metrics.jsonl"))
     rows = read_metrics(metrics.parent)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
@@ -260,25 +311,38 @@ def test_two_processes_write_one_run_with_global_counts(cache_dir, tmp_path, lau
 
 
 @pytest.mark.slow
+def test_a_launch_of_one_process_joins_a_group_of_one(cache_dir, tmp_path):
+    """torchrun --nproc-per-node=1 joins a process group of one (NCCL on a GPU: the device check's path),
+    and trains as a single process does."""
+    launcher = [TORCHRUN[0], "--standalone", "--nproc-per-node=1"]
+    proc = launch(cache_dir, tmp_path, *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path / 'run'}", launcher=launcher)
+    assert "(processes: 1, process group: gloo)" in proc.stderr + proc.stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 1]
+
+
+@pytest.mark.slow
 def test_sigterm_then_resume_under_torchrun_equals_an_uninterrupted_run(cache_dir, tmp_path):
-    run = [*EIGHT, "trainer.steps=4", "trainer.checkpoint_every=100"]
+    run = [*EIGHT, "trainer.checkpoint_every=100"]
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    launch(cache_dir, tmp_path, *run, f"hydra.run.dir={full}")
-    proc = subprocess.Popen([*TORCHRUN, "-m", "lrn", "train", *run, f"hydra.run.dir={stopped}"], cwd=tmp_path,
-                            env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # 1000 steps: the run cannot finish before the signal reaches its ranks, however late that is
+    proc = subprocess.Popen([*TORCHRUN, "-m", "lrn", "train", *run, "trainer.steps=1000", f"hydra.run.dir={stopped}"],
+                            cwd=tmp_path, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     metrics = stopped / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to every rank
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode != 0, "the run finished before it could be stopped"
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode != 0
     checkpoints = sorted(p.name for p in (stopped / "checkpoints").glob("step_*"))
     assert len(checkpoints) == 1, stderr[-3000:]
     step = int(checkpoints[0].split("_")[1])
-    assert 1 <= step < 4 and read_metrics(stopped)[-1]["step"] == step
-    launch(cache_dir, tmp_path, f"resume={stopped}")
+    assert step >= 1 and read_metrics(stopped)[-1]["step"] == step
+    # the uninterrupted run, and the resumed one, end one step after the stop (trainer.steps may change on resume)
+    launch(cache_dir, tmp_path, *run, f"trainer.steps={step + 1}", f"hydra.run.dir={full}")
+    launch(cache_dir, tmp_path, f"resume={stopped}", f"trainer.steps={step + 1}")
     assert without_timings(read_metrics(stopped)) == without_timings(read_metrics(full))
 
 

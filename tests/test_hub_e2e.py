@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import ROOT
 from hub_model import build
+from transformers import AutoTokenizer
 
-from lrn.config import ModelConfig
+from lrn.config import ModelConfig, compose
 from lrn.engines import SamplingSpec, finish
 from lrn.models import eos_ids, load_pretrained, prepare_task
 from lrn.tasks import Problem, Task
@@ -142,3 +143,33 @@ def test_overlapping_splits_and_offline_hub_fail_in_one_line(run_lrn, qwen_dir):
     assert "model.name_or_path='/nonexistent/model': cannot load a causal LM" in proc.stderr
     proc = run_lrn("train", "dataset=math500", f"model.name_or_path={qwen_dir}", *QUIET, check=False, env=OFFLINE)
     assert proc.returncode == 2 and "dataset=math500 has no training split" in proc.stderr
+
+
+@pytest.mark.slow
+def test_prompts_longer_than_the_model_reads_are_refused_at_load_time_or_dropped(run_lrn, tmp_path):
+    model = build(tmp_path / "model", chat=False, positions=128)
+    long = [{"question": f"Tom has {'many ' * 120}{fruit}, how many?", "answer": "3"} for fruit in ("apples", "pears")]
+    short = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in [*short[:2], long[0], *short[2:4]]))  # line 3
+    test.write_text("".join(json.dumps(r) + "\n" for r in [*short[4:], long[1]]))
+    template = compose(["dataset=jsonl"]).dataset.prompt_template
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokens = [len(tokenizer(template.replace("{question}", r["question"]))["input_ids"]) for r in long]
+    assert min(tokens) > 128 - 16
+    args = [f"model.name_or_path={model}", "dataset=jsonl", f"dataset.path={train}", f"dataset.test_path={test}",
+            "dataset.max_new_tokens=16", "sampler=uniform", "trainer.steps=1", "trainer.batch_size=2",
+            "trainer.rollouts_per_question=2", *QUIET]
+    proc = run_lrn("train", *args, f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: {train}:3: question jsonl/train/2 is {tokens[0]} tokens as a prompt, the model allows 112 (the "
+        "model's 128 positions - dataset.max_new_tokens 16); shorten it, or set dataset.long_prompts=drop to leave "
+        "such questions out"]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    evaluate = [f"model.name_or_path={model}", "dataset=jsonl", f"dataset.path={test}", "dataset.max_new_tokens=16",
+                f"eval.output_dir={tmp_path / 'eval'}", *QUIET]
+    proc = run_lrn("eval", *evaluate, check=False)
+    assert proc.returncode == 2 and f"{test}:3: question jsonl/test/2 is {tokens[1]} tokens" in proc.stderr
+    proc = run_lrn("eval", *evaluate, "dataset.long_prompts=drop")
+    assert "left out 0 training and 1 held-out questions whose prompt is longer than 112 tokens" in proc.stderr
+    assert [r["id"] for r in rows(tmp_path / "eval" / "records.jsonl")] == ["jsonl/test/0", "jsonl/test/1"]

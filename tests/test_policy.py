@@ -209,6 +209,26 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path):
     assert policy._frozen is None  # no copy of the model was made
 
 
+def test_lora_adapters_start_from_the_run_seed_whatever_was_drawn_before(tmp_path):
+    """LoRA's A matrices are random: drawn from the run's seed, not from whatever state the global RNG was
+    left in by the imports and the loading before them (which made same-config LoRA runs differ)."""
+    model, tok = tiny()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = ModelConfig(name_or_path=str(tmp_path), lora=LoraConfig(enabled=True, r=2))
+
+    def adapters(seed, drawn):
+        torch.manual_seed(1000 + drawn)  # the caller's RNG state, which must not matter
+        lm, _ = load_policy(cfg, None, seed=seed)
+        return {n: p.detach().clone() for n, p in lm.named_parameters() if "lora_A" in n}, torch.rand(1)
+
+    (first, after), (second, _) = adapters(0, 1), adapters(0, 2)
+    assert first.keys() == second.keys() and all(torch.equal(first[n], second[n]) for n in first)
+    assert not torch.equal(adapters(1, 1)[0][next(iter(first))], first[next(iter(first))])  # the seed counts
+    torch.manual_seed(1001)
+    assert torch.equal(after, torch.rand(1))  # and the caller's stream is left as it was
+
+
 def test_frozen_weights_are_kept_in_the_compute_dtype():
     """The KL reference and a LoRA base are bf16 under bf16 compute (no fp32 copy re-cast on every forward);
     the trained weights stay fp32 masters and their gradients fp32."""

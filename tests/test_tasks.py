@@ -64,3 +64,33 @@ def test_validation_split_needs_questions():
         ArithmeticConfig(val_per_level=0, eval_split="validation").validate("dataset")
     with pytest.raises(ConfigError, match="dataset.val_seed"):
         ArithmeticConfig(val_seed=4321).validate("dataset")
+
+
+def test_prompts_too_long_for_the_model_are_refused_naming_the_question_or_dropped(caplog):
+    from lrn.models import build_char_tokenizer, fit_prompts
+    from lrn.tasks import Task
+
+    def task() -> Task:
+        # one character, one token: "12+3=" is 5 tokens, "123+45=" 7; 10 positions - 4 for the answer leave 6
+        train = [Problem("t/0", "12+3", "15"), Problem("t/1", "123+45", "168", meta={"where": "train.jsonl:2"})]
+        test = [Problem("e/0", "1+1", "2"), Problem("e/1", "99999+1", "100000")]
+        return Task("arith", train, test, "{question}=", 4, lambda text, gold: 0.0)
+
+    tokenizer = build_char_tokenizer()
+    with pytest.raises(ConfigError) as err:
+        fit_prompts(task(), tokenizer, 10)
+    assert str(err.value) == ("train.jsonl:2: question t/1 is 7 tokens as a prompt, the model allows 6 (the model's 10 "
+                              "positions - dataset.max_new_tokens 4); shorten it, or set dataset.long_prompts=drop to "
+                              "leave such questions out")
+    # with 11 positions every training prompt fits; the held-out "99999+1=" (8) does not, unless eval.limit=1
+    # leaves it out of what is evaluated
+    with pytest.raises(ConfigError, match="question e/1 is 8 tokens as a prompt, the model allows 7"):
+        fit_prompts(task(), tokenizer, 11)
+    fit_prompts(task(), tokenizer, 11, eval_limit=1)
+    dropped = task()
+    fit_prompts(dropped, tokenizer, 10, "drop")
+    assert [p.id for p in dropped.train] == ["t/0"] and [p.id for p in dropped.test] == ["e/0"]
+    assert "left out 1 training and 1 held-out questions whose prompt is longer than 6 tokens" in caplog.text
+    with pytest.raises(ConfigError, match="every train question's prompt is longer than 2 tokens"):
+        fit_prompts(task(), tokenizer, 6, "drop")
+    fit_prompts(task(), tokenizer, None)  # a model that does not say how long it reads: nothing to check

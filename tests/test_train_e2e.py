@@ -36,6 +36,7 @@ def test_train_writes_metrics_and_changes_parameters(run_lrn, cache_dir, tmp_pat
     assert rows[1]["sampler/screening_rollouts"] == (per_step - 16)
     assert all(r["sampler/trained_questions"] == 4 for r in rows[1:])  # trainer.batch_size
     assert (tmp_path / "resolved_config.yaml").exists() and (tmp_path / ".hydra" / "overrides.yaml").exists()
+    assert not (tmp_path / "wandb").exists()  # logger.wandb.mode=disabled: no W&B files at all
     # the final policy differs from the warm-started one it started from
     (start,) = list((cache_dir / "warmstart").glob("*/model.safetensors"))
     before, after = load_file(start), load_file(tmp_path / "model" / "model.safetensors")
@@ -95,26 +96,61 @@ def test_same_seed_same_metrics_and_gae_runs(run_lrn, tmp_path):
     assert "loss/value" in ra[1] and "ppo/kl" in ra[1]
 
 
+def tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_existing_run_directory_is_never_overwritten(run_lrn, tmp_path):
     run_lrn("train", *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path}")
-    before = (tmp_path / "metrics.jsonl").read_text()
-    proc = run_lrn("train", *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path}", check=False)
-    assert proc.returncode == 2 and "already exists" in proc.stderr
-    assert (tmp_path / "metrics.jsonl").read_text() == before
+    before = tree(tmp_path)
+    # refused before Hydra writes: .hydra/overrides.yaml still says what this run was, not seed=7
+    proc = run_lrn("train", *TINY, "seed=7", "eval.limit=10", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: {tmp_path}/metrics.jsonl already exists; choose another hydra.run.dir so no run is overwritten "
+        f"(to continue that run: lrn train resume={tmp_path})"]
+    assert tree(tmp_path) == before
+    assert "seed=7" not in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_only_a_new_directory_or_an_lrn_run_is_written_and_run_name_stays_inside_outputs(run_lrn, tmp_path):
+    model = tmp_path / "model"  # e.g. a saved model: lrn must not write beside (or over) its files
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    proc = run_lrn("train", *TINY, f"hydra.run.dir={model}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: {model} is not empty and not an lrn run directory (it holds config.json); lrn writes only "
+        "into a new directory or its own runs: choose another hydra.run.dir"]
+    assert tree(model) == {"config.json": b'{"model_type": "llama"}'}
+    proc = run_lrn("train", *TINY, "run_name=x/../../../escaped", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "lrn: error: run_name='x/../../../escaped' is invalid: it names the run directory inside outputs/: no '/', "
+        "'\\' or '..'"]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_multirun_sweep_makes_one_run_directory_per_job(run_lrn, tmp_path):
-    run_lrn("train", "-m", *TINY, "trainer.steps=1", "sampler=uniform,learnability", "seed=0,1",
-            f"hydra.sweep.dir={tmp_path}")
+    sweep = ["train", "-m", *TINY, "trainer.steps=1", "sampler=uniform,learnability", "seed=0,1",
+             f"hydra.sweep.dir={tmp_path}"]
+    run_lrn(*sweep)
     runs = sorted(p.parent for p in tmp_path.glob("*/metrics.jsonl"))
     assert len(runs) == 4
+    # the same sweep again: its first job's directory is a finished run, so nothing at all is written
+    before = tree(tmp_path)
+    proc = run_lrn(*sweep, check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"lrn: error: sweep job refused: {runs[0]}/metrics.jsonl already exists; choose another hydra.run.dir so no "
+        f"run is overwritten (to continue that run: lrn train resume={runs[0]})"]
+    assert tree(tmp_path) == before  # multirun.yaml and every job's .hydra/ included
     names = {p.name.split("_", 1)[1] for p in runs}
     assert names == {f"{s}-arithmetic-s{seed}" for s in ("uniform", "learnability") for seed in (0, 1)}
     # lrn compare reads the real sweep output: two groups of two seeds, files written
     proc = run_lrn("compare", str(tmp_path), "--target", "0.0")
     assert "sampler.name=learnability" in proc.stdout and "sampler.name=uniform" in proc.stdout
-    assert (tmp_path / "compare" / "compare.md").read_text().count("2/2") == 2
+    report = (tmp_path / "compare" / "compare.md").read_text()
+    # the to-target table: both seeds of each group reach target 0 (at step 0)
+    for group in ("uniform (baseline)", "learnability"):
+        assert f"| sampler.name={group} | 0 | 2/2 | 0 | 0, 0 |" in report
     assert (tmp_path / "compare" / "compare.png").stat().st_size > 0
 
 
@@ -159,3 +195,26 @@ def test_train_seconds_leave_out_evaluation_and_checkpoints(run_lrn, tmp_path):
     # every step's own time, less its evaluation, lies inside the training clock
     assert rows[-1]["time/train_s"] >= sum(r["perf/step_s"] - r.get("perf/eval_s", 0.0) for r in rows[1:])
     assert compare_dirs([tmp_path], baseline="all", targets=[0.0]).seconds.startswith("time/train_s")
+
+
+def test_wandb_mode_auto_follows_the_environment_and_an_explicit_mode_wins(monkeypatch, tmp_path):
+    from lrn.logger import wandb_mode
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_mode("auto") == "online"
+    for env, mode in (("disabled", "disabled"), ("offline", "offline"), ("dryrun", "offline"), ("online", "online")):
+        monkeypatch.setenv("WANDB_MODE", env)
+        assert wandb_mode("auto") == mode  # the environment wins over the key
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode("offline") == "offline"  # logger.wandb.mode given explicitly wins over the environment
+
+
+def test_wandb_mode_disabled_in_the_environment_leaves_no_wandb_files(run_lrn, tmp_path):
+    run_lrn("train", *TINY, "trainer.steps=1", "logger.wandb.mode=auto", f"hydra.run.dir={tmp_path}",
+            env={"WANDB_MODE": "disabled"})
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]
+    assert not (tmp_path / "wandb").exists()

@@ -293,6 +293,73 @@ def test_under_torchrun_each_rank_has_its_own_engine_on_its_own_device(tmp_path)
         assert r["answers"] == [g.completion_ids for g in expected]
 
 
+# Each rank of a torchrun launch pushes the same updated weights into its engine twice, from an unsharded
+# model (ddp) and from one sharded across the ranks (fsdp, gathered a tensor at a time as vLLM reads them),
+# with a push of other weights in between, and reads back what the engine holds; plain and LoRA models.
+FSDP_PUSH = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import torch
+from peft import LoraConfig, get_peft_model
+from lrn import distributed, sharding
+distributed.init()
+from lrn.config import VLLMConfig
+from lrn.engines import HFEngine
+from lrn.engines.vllm import VLLMEngine
+from lrn.policy import Policy
+from test_vllm import QUESTIONS, greedy, varied_model
+
+
+def lora(seed):
+    torch.manual_seed(seed)
+    return get_peft_model(varied_model(1)[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"],
+                                                         init_lora_weights=False))
+
+
+start, tok = varied_model(0)
+engine = VLLMEngine(start, tok, VLLMConfig(kv_cache_memory=64 << 20), torch.float32)
+held = engine.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in QUESTIONS]
+record = {"rank": distributed.rank()}
+for kind, build in (("plain", lambda: varied_model(1)[0]), ("lora", lambda: lora(5))):
+    pushed = {}
+    for strategy in ("ddp", "start", "fsdp"):
+        policy = Policy(start if strategy == "start" else build(), with_value=False)
+        if strategy == "fsdp":
+            sharding.shard(policy)
+        engine.model = policy.lm
+        engine.sync_weights()
+        pushed[strategy] = {k: v.detach().clone() for k, v in held.state_dict().items()}
+    ddp, fsdp = pushed["ddp"], pushed["fsdp"]
+    record[kind] = {"same": ddp.keys() == fsdp.keys() and all(torch.equal(ddp[k], fsdp[k]) for k in ddp),
+                    "changed": any(not torch.equal(ddp[k], pushed["start"][k]) for k in ddp),
+                    "answers": [g.completion_ids for g in engine.generate(prompts, greedy(tok))],
+                    "hf": [g.completion_ids for g in HFEngine(build().eval(), tok).generate(prompts, greedy(tok))]}
+records = distributed.all_gather_object(record)
+engine.close()
+if record["rank"] == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(records, f)
+"""
+
+
+@pytest.mark.slow
+def test_under_fsdp_the_push_gives_the_engine_the_weights_it_gets_under_ddp(tmp_path):
+    """trainer.strategy=fsdp: each rank's engine holds exactly what an unsharded push gives it (fused
+    q/k/v and gate/up included), LoRA merged too, and answers as Hugging Face does on those weights."""
+    script, out = tmp_path / "rank.py", tmp_path / "records.json"
+    script.write_text(FSDP_PUSH)
+    proc = subprocess.run([*TORCHRUN, str(script), str(out), str(Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [r["rank"] for r in records] == [0, 1]
+    for record in records:
+        for kind in ("plain", "lora"):
+            assert record[kind]["same"] and record[kind]["changed"], (record["rank"], kind)
+            assert record[kind]["answers"] == record[kind]["hf"], (record["rank"], kind)
+
+
 VLLM_TINY = [*TINY, "model.tiny.width=64", "model.tiny.ffn=128", "rollout.engine=vllm"]
 ENV = {"OMP_NUM_THREADS": "1"}  # vLLM's CPU kernels crawl when threads outnumber free cores
 
@@ -306,10 +373,14 @@ def auto_context(overrides: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_vllm_run_trains_with_an_engine_per_rank(cache_dir, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_vllm_run_trains_with_an_engine_per_rank(cache_dir, tmp_path, strategy):
+    """fsdp: the engines are fed the sharded policy's gathered weights (rollout/logprob_diff stays at float
+    rounding, as under ddp)."""
     run = tmp_path / "run"
-    proc = launch(cache_dir, tmp_path, *VLLM_TINY, "trainer.steps=2", f"hydra.run.dir={run}")
-    assert "(processes: 2)" in proc.stderr + proc.stdout
+    proc = launch(cache_dir, tmp_path, *VLLM_TINY, "trainer.steps=2", f"trainer.strategy={strategy}",
+                  f"hydra.run.dir={run}")
+    assert "(processes: 2, process group: gloo)" in proc.stderr + proc.stdout
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert rows[-1]["counts/rollouts_total"] == 2 * 4 * 4 * 4  # steps x questions x pool factor x K
@@ -338,7 +409,7 @@ def rss():
 jobs, train, out = [], trainer.train, sys.argv[1]  # (Hydra replaces sys.argv)
 
 
-def measured(cfg, run_dir):
+def measured(cfg, run_dir, stop=None):
     peak, done = [rss()], threading.Event()
 
     def sample():
@@ -348,7 +419,7 @@ def measured(cfg, run_dir):
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        return train(cfg, run_dir)
+        return train(cfg, run_dir, stop)
     finally:
         done.set()
         thread.join()

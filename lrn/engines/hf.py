@@ -20,7 +20,7 @@ def generation_config(spec: SamplingSpec, pad_id: int) -> GenerationConfig:
     """The whole generation config, every field that changes the distribution set explicitly."""
     sampling = {} if spec.greedy else {"temperature": spec.temperature, "top_p": spec.top_p, "top_k": spec.top_k}
     return GenerationConfig(
-        do_sample=not spec.greedy, max_new_tokens=spec.max_new_tokens, min_new_tokens=0, min_length=0,
+        do_sample=not spec.greedy, max_new_tokens=spec.max_new_tokens, min_length=0,
         num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
         length_penalty=1.0, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None,
         pad_token_id=pad_id, eos_token_id=list(spec.eos_ids), bos_token_id=None,
@@ -75,7 +75,10 @@ class HFEngine:
                     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=self.model.device)
                     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
                                         device=self.model.device)
-                    seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
+                    # synced_gpus=False: transformers would keep FSDP ranks in lock-step (one all-reduce per
+                    # token); lrn generates from whole gathered weights, each rank its own share (`compute`)
+                    seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                               synced_gpus=False, **extra)
                     for prompt, seq in zip(chunk, seqs[:, width:].tolist(), strict=True):
                         out.append(Generation(list(prompt), *finish(seq, spec, self.tokenizer.decode)))
                     if on_batch is not None:

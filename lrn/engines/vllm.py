@@ -12,7 +12,8 @@
   dict is pushed (a partial push corrupts vLLM's fused q/k/v and gate/up layers; ``named_parameters``
   misses a tied ``lm_head``), then the prefix cache is reset (its KV blocks were computed by the old
   weights). LoRA: each adapted weight merged out of place (the model is untouched), pushed under
-  the base model's names.
+  the base model's names. A sharded policy (``trainer.strategy=fsdp``) is gathered one tensor at a
+  time while vLLM reads them.
 - **Sleep during the update** (:meth:`VLLMEngine.sleep`, where the build has sleep mode): level 2
   drops the KV cache and the weights (every sync pushes all of them anyway); the next sync wakes the
   weights, pushes, then wakes the KV cache.
@@ -111,9 +112,16 @@ def full_state_dict(model: PreTrainedModel) -> Iterator[tuple[str, torch.Tensor]
     """Every tensor of the model under the base model's names, as Hugging Face saves them; with peft
     adapters, each adapted weight merged out of place (base + delta, one layer at a time in float32) and
     the adapter tensors left out. The model itself is never modified: merging into a bf16 base and
-    unmerging again would leave rounding residue in the frozen weights after every push."""
+    unmerging again would leave rounding residue in the frozen weights after every push.
+
+    A sharded model (``trainer.strategy=fsdp``) is gathered one tensor at a time as the engine reads the
+    iterator (an all-gather each, in the same order on every rank): no rank ever holds more than one
+    whole weight beyond its shards."""
+    from lrn.sharding import full
+
     if not hasattr(model, "get_base_model"):
-        yield from model.state_dict().items()
+        for name, tensor in model.state_dict().items():
+            yield name, full(tensor)
         return
     from peft.tuners.lora import LoraLayer
 
@@ -122,11 +130,23 @@ def full_state_dict(model: PreTrainedModel) -> Iterator[tuple[str, torch.Tensor]
     for name, tensor in model.state_dict().items():
         if "lora_" in name:
             continue
+        tensor = full(tensor)
         layer = adapted.get(name)
         if layer is not None:
-            tensor = tensor.float() + sum(layer.get_delta_weight(a).float() for a in layer.active_adapters
-                                          if a in layer.lora_A)
+            tensor = tensor.float() + sum(_delta_weight(layer, a) for a in layer.active_adapters if a in layer.lora_A)
         yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
+
+
+def _delta_weight(layer, adapter: str) -> torch.Tensor:
+    """A plain LoRA layer's B @ A x scaling in float32 (peft's ``get_delta_weight``, what lrn's LoRA config
+    makes), from whole A and B when they are shards."""
+    from torch.distributed.tensor import DTensor
+
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    if not isinstance(a, DTensor):
+        return layer.get_delta_weight(adapter).float()
+    delta = b.full_tensor().float() @ a.full_tensor().float()
+    return (delta.T if layer.fan_in_fan_out else delta) * layer.scaling[adapter]
 
 
 class VLLMEngine:
@@ -260,10 +280,10 @@ class VLLMEngine:
                 groups[-1] = (groups[-1][0], groups[-1][1] + 1)
             else:
                 groups.append((list(p), 1))
+        if self.asleep:  # before returning on no prompts: a sharded policy's push is a collective of all ranks
+            self.sync_weights()
         if not groups:
             return []
-        if self.asleep:
-            self.sync_weights()
         params = {n: self._params(spec, n, logprobs) for n in {n for _, n in groups}}
         with _own_rng():
             if spec.seed is not None:

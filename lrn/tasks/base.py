@@ -12,7 +12,8 @@ from lrn.config import ConfigError
 
 @dataclass(frozen=True)
 class Problem:
-    """One maths question. ``level`` is a difficulty label (None when the source has none)."""
+    """One maths question. ``level`` is a difficulty label (None when the source has none); ``meta`` holds what
+    else the source says, e.g. ``where`` the question is (``file:line``) for messages about it."""
 
     id: str
     question: str

@@ -219,7 +219,7 @@ def gsm8k_problems(records: Iterable[Mapping[str, Any]], id_prefix: str = "gsm8k
         gold = _answer(record, "answer", "gsm8k", at)
         solution = _strip_calculator(str(record["answer"]))
         problems.append(Problem(id=f"{id_prefix}/{row - 1}", question=question, answer=gold, level=None,
-                                meta={"solution": solution, "source": source}))
+                                meta={"solution": solution, "source": source, "where": at}))
     return problems
 
 
@@ -241,7 +241,7 @@ def math_problems(records: Iterable[Mapping[str, Any]], id_prefix: str = "math",
         problems.append(Problem(
             id=f"{id_prefix}/{uid if uid else row - 1}", question=question, answer=gold,
             level=parse_level(record.get("level"), at),
-            meta={"subject": subject, "solution": record.get("solution"), "source": source},
+            meta={"subject": subject, "solution": record.get("solution"), "source": source, "where": at},
         ))
     return problems
 
@@ -271,7 +271,7 @@ def jsonl_problems(records: Iterable[Mapping[str, Any]], question_field: str, an
         ident = _optional(record, id_field, at)
         problems.append(Problem(
             id=f"{id_prefix}/{ident if ident is not None else row - 1}", question=question, answer=gold,
-            level=level, meta={"subject": subject, "source": source},
+            level=level, meta={"subject": subject, "source": source, "where": at},
         ))
     return problems
 
