@@ -266,7 +266,7 @@ def train(ctx: typer.Context) -> None:
                 fail(str(e))
         if distributed.launched() and multirun:
             fail("-m under torchrun / accelerate launch would run the whole sweep in every process; sweep "
-                 "with a Hydra launcher instead (README: Multiple GPUs)")
+                 "with a Hydra launcher instead (docs/distributed.md)")
     try:
         if not INFO_FLAGS.intersection(args):
             if distributed.launched():

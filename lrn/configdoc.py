@@ -30,7 +30,9 @@ def comments(path: Path, prefix: str = "") -> dict[str, str]:
     for line in path.read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
-            pending.append(stripped.lstrip("#").strip())
+            text = stripped[1:]
+            # an indented comment line is an example command: shown as code
+            pending.append(f"`{text.strip()}`" if text.startswith("  ") else text.strip())
             continue
         match = KEY.match(line)
         if not match or stripped.startswith("-"):
@@ -75,13 +77,19 @@ def flat(node, prefix: str = "") -> dict[str, object]:
 
 
 def fmt(value) -> str:
+    """A default as ``--help``'s YAML shows it, on one line (newlines written ``\\n``)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
         return "[" + ", ".join(fmt(v) for v in value) + "]"
-    return str(value)
+    return str(value).replace("\n", "\\n")
+
+
+def cell(value) -> str:
+    """A default as a table cell: code, its ``|`` escaped so it stays in its column."""
+    return "`" + fmt(value).replace("|", "\\|") + "`"
 
 
 def defaults(overrides: list[str] | None = None) -> dict[str, object]:
@@ -113,7 +121,8 @@ def render() -> str:
     lines += ["", "## Keys (with the default group options)", "", "| key | default | what |", "|---|---|---|"]
     for key, value in defaults().items():
         text = notes.get(key, "")
-        lines.append(f"| `{key}` | `{fmt(value)}` | {text.replace('|', '&#124;')} |")
+        lines.append(f"| `{key}` | {cell(value)} | {text.replace('|', '&#124;')} |")
+    lines += ["", "## The other group options: the keys each one changes"]
     for group in ("sampler", "dataset", "model"):
         for option in groups()[group]:
             if option == default_of.get(group):
@@ -125,9 +134,38 @@ def render() -> str:
                 continue
             lines += ["", f"### `{group}={option}`", "", "| key | default | what |", "|---|---|---|"]
             for key, value in changed.items():
-                text = notes.get(f"{group}[{option}].{key.split('.', 1)[1]}", notes.get(key, ""))
-                lines.append(f"| `{key}` | `{fmt(value)}` | {text.replace('|', '&#124;')} |")
+                # only the option's own comment: the default option's may describe another value
+                text = notes.get(f"{group}[{option}].{key.split('.', 1)[1]}", "")
+                lines.append(f"| `{key}` | {cell(value)} | {text.replace('|', '&#124;')} |")
+    lines += ["", "## Presets: `experiment=<name>` (conf/experiment/)"]
+    for name in groups()["experiment"]:
+        lines += experiment_section(name)
     return "\n".join(lines) + "\n"
+
+
+def experiment_section(name: str) -> list[str]:
+    """A preset: its own description, the group options it picks and every key it sets beyond them."""
+    path = CONF_DIR / "experiment" / f"{name}.yaml"
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        if not line.startswith("# @package"):
+            text = line[1:]
+            header.append(f"`{text.strip()}`" if text.startswith("  ") else text.strip())
+    picked = []  # its defaults list: "override /model: qwen2.5-0.5b-instruct" -> model=qwen2.5-0.5b-instruct
+    for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
+        if isinstance(entry, dict):
+            picked += [f"{g.removeprefix('override ').strip('/')}={o}" for g, o in entry.items()]
+    base, own = defaults(picked), defaults([f"experiment={name}"])
+    notes = comments(path)
+    lines = ["", f"### `experiment={name}`", "", " ".join(header), "",
+             "Picks " + ", ".join(f"`{p}`" for p in picked) + "; on top of those options it sets:", "",
+             "| key | value | what |", "|---|---|---|"]
+    for key, value in own.items():
+        if base.get(key, object()) != value:
+            lines.append(f"| `{key}` | {cell(value)} | {notes.get(key, '').replace('|', '&#124;')} |")
+    return lines
 
 
 if __name__ == "__main__":
