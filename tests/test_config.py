@@ -85,7 +85,8 @@ def test_cli_config_errors_are_one_line_with_exit_code_2(run_lrn, args, message)
 
 def test_cli_help_and_cfg(run_lrn):
     help_text = run_lrn("train", "--help").stdout
-    groups = "sampler: dynamic_filter, frontier, learnability, learnability_adaptive, learnability_history, predictive, uniform"
+    groups = ("sampler: dynamic_filter, frontier, learnability, learnability_adaptive, learnability_history, "
+              "predictive, uniform")
     assert groups in help_text and "== Config ==" in help_text
     cfg_text = run_lrn("train", "--cfg", "sampler=uniform", "seed=5").stdout
     assert "name: uniform" in cfg_text and "seed: 5" in cfg_text
