@@ -124,7 +124,7 @@ class ModelConfig:
 
 @dataclass
 class PPOConfig:
-    """Clipped-ratio PPO on answer tokens; see README 'How it works' for each term."""
+    """Clipped-ratio PPO on answer tokens; see docs/how-it-works.md for each term."""
 
     advantage: str = "group"
     lr: float = 1e-4

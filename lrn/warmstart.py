@@ -118,7 +118,7 @@ def train_warm_start(cfg: ModelConfig, task_cfg: ArithmeticConfig, device: torch
     draws = training_problems(ws, task_cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=ws.lr, betas=(0.9, 0.98))
     # linear warm-up over the first 10% of steps, then constant: no decay, so the model is left on the
-    # steep part of its learning curve, where RL's gradients still carry signal (README)
+    # steep part of its learning curve, where RL's gradients still carry signal (docs/how-it-works.md)
     warmup = max(1, ws.steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     model.train()

@@ -10,7 +10,7 @@ answers, so unseen questions are tried before known-flat ones, known-mixed ones 
 
 The uniform candidate draw matters: ranking the whole pool (``pool_factor`` >= pool / batch) re-trains
 the same few known-mixed questions step after step; on the embedded task that saw 381 distinct
-questions in 100 steps and held-out accuracy fell (README, "Samplers beyond the paper").
+questions in 100 steps and held-out accuracy fell (docs/samplers.md).
 
 ``screen_factor`` > 0 adds an optional screen: the top (1 + screen_factor) x n candidates get
 ``screen_rollouts`` answers each, the posterior is updated, and the top ``n`` are topped up to K.

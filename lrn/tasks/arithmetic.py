@@ -7,7 +7,7 @@ digit there are only 200 distinct problems, too few for a held-out split disjoin
 With ``width`` > 0, operands are zero-padded to ``width`` digits and answers are written signed with
 ``width + 1`` digits (``000055+000089`` -> ``+0000144``), so digit columns sit at fixed positions.
 A 4-layer character model learns column arithmetic in a few hundred steps that way; with natural
-variable-width numbers it reached 0.07 accuracy on 2-digit problems after 300 steps (README).
+variable-width numbers it reached 0.07 accuracy on 2-digit problems after 300 steps (docs/how-it-works.md).
 The grader compares integers, so ``144`` is as right as ``+0000144``.
 """
 
