@@ -301,11 +301,15 @@ def test_predictive_sampler_probe_and_buffer_survive_resume(run_lrn, tmp_path):
 
 # -- in-process units (fast) -------------------------------------------------------------------------
 
-def small_run_objects():
-    torch.manual_seed(0)
+def small_run_objects(seed: int = 0, layers: int = 1, shard: Callable | None = None):
+    """A policy with a value head (``shard`` applied to it, e.g. FSDP's), Adam and a schedule after two
+    updates, and a sampler that has drawn."""
+    torch.manual_seed(seed)
     tokenizer = build_char_tokenizer()
-    lm = build_tiny_model(TinyModelConfig(layers=1, width=16, heads=2, ffn=32), tokenizer)
+    lm = build_tiny_model(TinyModelConfig(layers=layers, width=16, heads=2, ffn=32), tokenizer)
     policy = Policy(lm, with_value=True)
+    if shard is not None:
+        shard(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 3))
     batch = PPOBatch(torch.randint(3, 40, (2, 6)), torch.ones(2, 6, dtype=torch.long), torch.ones(2, 3),
@@ -314,9 +318,10 @@ def small_run_objects():
         logp, _, values = policy(batch, SamplingSpec(max_new_tokens=3), entropy_grad=True)
         (logp.mean() + values.mean()).backward()
         optimizer.step()
+        optimizer.zero_grad()
         schedule.step()
-    sampler = UniformSampler([Problem(str(i), f"{i}+1", str(i + 1)) for i in range(10)], 2, 2, seed=0)
-    sampler.draw(3)
+    sampler = UniformSampler([Problem(str(i), f"{i}+1", str(i + 1)) for i in range(10)], 2, 2, seed=seed)
+    sampler.draw(3 + seed)
     return policy, tokenizer, optimizer, schedule, sampler
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_checkpoint import small_run_objects
 from test_distributed import EIGHT, env, free_port, launch, read_metrics, without_timings
 
 from lrn import distributed, sharding
@@ -22,8 +23,6 @@ from lrn.engines import HFEngine, SamplingSpec
 from lrn.engines.vllm import full_state_dict
 from lrn.models import build_char_tokenizer, build_tiny_model
 from lrn.policy import Policy
-from lrn.samplers.uniform import UniformSampler
-from lrn.tasks import Problem
 
 QUESTIONS = ("12+3=", "7-45=", "100+2000=", "9+9=", "Q: 31-4?")
 
@@ -166,26 +165,8 @@ def test_a_model_without_a_list_of_blocks_is_refused_in_one_line_before_any_proc
 # -- checkpoints across numbers of processes ---------------------------------------------------------
 
 def run_objects(strategy: str, seed: int = 0):
-    """A policy with a value head, Adam and a schedule after two updates, and a sampler that has drawn."""
-    torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer()
-    lm = build_tiny_model(TinyModelConfig(layers=2, width=16, heads=2, ffn=32), tokenizer)
-    policy = Policy(lm, with_value=True)
-    if strategy == "fsdp":
-        sharding.shard(policy)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 3))
-    batch = PPOBatch(torch.randint(3, 40, (2, 6)), torch.ones(2, 6, dtype=torch.long), torch.ones(2, 3),
-                     torch.zeros(2), prompt_len=3)
-    for _ in range(2):
-        logp, _, values = policy(batch, SamplingSpec(max_new_tokens=3), entropy_grad=True)
-        (logp.mean() + values.mean()).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        schedule.step()
-    sampler = UniformSampler([Problem(str(i), f"{i}+1", str(i + 1)) for i in range(10)], 2, 2, seed=seed)
-    sampler.draw(3 + seed)
-    return policy, tokenizer, optimizer, schedule, sampler
+    """test_checkpoint's small run (2 layers), its policy sharded under fsdp."""
+    return small_run_objects(seed, layers=2, shard=sharding.shard if strategy == "fsdp" else None)
 
 
 def training_state(policy, optimizer, schedule, sampler) -> dict:
