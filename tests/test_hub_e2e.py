@@ -127,6 +127,7 @@ def test_lrn_train_gsm8k_three_steps_with_lora_resumes_and_evaluates(run_lrn, qw
     assert len(rows(run / "eval" / "gsm8k" / "records.jsonl")) == 4
 
 
+@pytest.mark.slow
 @needs_data
 def test_overlapping_splits_and_offline_hub_fail_in_one_line(run_lrn, qwen_dir):
     test = DATA / "gsm8k" / "test.jsonl"

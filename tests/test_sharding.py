@@ -228,6 +228,7 @@ def assert_same_state(loaded: dict, expected: dict) -> None:
     assert torch.equal(loaded["torch_rng"], expected["torch_rng"])
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_restore_the_same_state_on_another_number_of_processes(tmp_path):
     """Written by 2 processes, read by 1; written by 1, read by 2; each layout read by the other strategy
     (a ddp run's replicated checkpoint by a sharded policy, an fsdp run's sharded one by an unsharded

@@ -85,6 +85,7 @@ def test_predictive_sampler_trains_at_uniforms_rollouts_and_logs_its_calibration
     assert preds == sorted(preds)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_gae_runs(run_lrn, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run_lrn("train", *TINY, "ppo.advantage=gae", "ppo.kl_coef=0.1", f"hydra.run.dir={a}")

@@ -272,6 +272,7 @@ distributed.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_under_torchrun_each_rank_has_its_own_engine_on_its_own_device(tmp_path):
     """vLLM's external_launcher executor: worker rank and local rank (the CUDA device index on a GPU; the
     CPU build runs on "cpu") are the launcher's, and each rank's engine answers its own prompts. vLLM's
