@@ -17,6 +17,7 @@ def without_timings(rows):
     return [{k: v for k, v in r.items() if not k.startswith(("perf/", "time/"))} for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["uniform", "learnability"])
 def test_train_writes_metrics_and_changes_parameters(run_lrn, cache_dir, tmp_path, sampler):
     run_lrn("train", *TINY, f"sampler={sampler}", f"hydra.run.dir={tmp_path}")
@@ -51,6 +52,7 @@ def test_train_writes_metrics_and_changes_parameters(run_lrn, cache_dir, tmp_pat
     assert len(records) == 5 * 8 and len(json.loads(records[0])["samples"]) == 4
 
 
+@pytest.mark.slow
 def test_frontier_on_the_validation_split(run_lrn, tmp_path):
     """The new sampler end to end, evaluated on the validation split under its own metric name."""
     run_lrn("train", *TINY, "sampler=frontier", "dataset.eval_split=validation", "dataset.val_per_level=6",
@@ -101,6 +103,7 @@ def tree(directory: Path) -> dict[str, bytes]:
     return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_existing_run_directory_is_never_overwritten(run_lrn, tmp_path):
     run_lrn("train", *TINY, "trainer.steps=1", f"hydra.run.dir={tmp_path}")
     before = tree(tmp_path)
