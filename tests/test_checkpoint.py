@@ -269,14 +269,20 @@ def test_resume_refuses_a_changed_experiment_but_allows_cadences(run_lrn, baseli
     assert without_timings(rows[:7]) == without_timings(read_metrics(baseline))
 
 
-@pytest.mark.slow
-def test_history_sampler_posterior_survives_resume(run_lrn, tmp_path):
-    """Resuming from step 4 repeats steps 5-6 exactly only if the posterior came back with the checkpoint."""
+def finished_and_cut_back(run_lrn, tmp_path: Path, *overrides: str) -> tuple[Path, Path]:
+    """A finished 6-step run, and a copy of it cut back to its step-4 checkpoint (step 6's and model/ gone)."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run_lrn("train", *RUN, "sampler=learnability_history", f"hydra.run.dir={full}")
+    run_lrn("train", *RUN, *overrides, f"hydra.run.dir={full}")
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_6")
     shutil.rmtree(resumed / "model")
+    return full, resumed
+
+
+@pytest.mark.slow
+def test_history_sampler_posterior_survives_resume(run_lrn, tmp_path):
+    """Resuming from step 4 repeats steps 5-6 exactly only if the posterior came back with the checkpoint."""
+    full, resumed = finished_and_cut_back(run_lrn, tmp_path, "sampler=learnability_history")
     state = read_tree(resumed / "checkpoints" / "step_4", "state")["sampler"]
     assert state["right"].sum() + state["wrong"].sum() > 0 and state["last"].max() == 4
     run_lrn("train", f"resume={resumed}")
@@ -287,11 +293,7 @@ def test_history_sampler_posterior_survives_resume(run_lrn, tmp_path):
 def test_predictive_sampler_probe_and_buffer_survive_resume(run_lrn, tmp_path):
     """Resumed from step 4, steps 5-6 repeat exactly only if the probe, its replay buffer (features as they were
     generated), the question counts and the RNG came back with the checkpoint."""
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run_lrn("train", *RUN, "sampler=predictive", f"hydra.run.dir={full}")
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_6")
-    shutil.rmtree(resumed / "model")
+    full, resumed = finished_and_cut_back(run_lrn, tmp_path, "sampler=predictive")
     state = read_tree(resumed / "checkpoints" / "step_4", "state")["sampler"]
     assert state["probe_size"] == 4 * 4 and state["probe_step"][:16].max() == 4  # 4 steps of 4 groups
     assert state["probe_x"].shape == (4096, 32) and state["probe_x"][:16].abs().sum() > 0  # width-32 features

@@ -272,17 +272,22 @@ distributed.shutdown()
 """
 
 
+def torchrun_records(tmp_path: Path, script: str) -> list:
+    """Run ``script`` on 2 torchrun ranks (argv: the records file, this tests folder); the ranks' records."""
+    path, out = tmp_path / "rank.py", tmp_path / "records.json"
+    path.write_text(script)
+    proc = subprocess.run([*TORCHRUN, str(path), str(out), str(Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **ENV})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_under_torchrun_each_rank_has_its_own_engine_on_its_own_device(tmp_path):
     """vLLM's external_launcher executor: worker rank and local rank (the CUDA device index on a GPU; the
     CPU build runs on "cpu") are the launcher's, and each rank's engine answers its own prompts. vLLM's
     default executor gives every rank local rank 0: on GPUs, every engine on GPU 0."""
-    script, out = tmp_path / "rank.py", tmp_path / "records.json"
-    script.write_text(ENGINE_PER_RANK)
-    proc = subprocess.run([*TORCHRUN, str(script), str(out), str(Path(__file__).parent)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **ENV})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(out.read_text())
+    records = torchrun_records(tmp_path, ENGINE_PER_RANK)
     assert [r["executor"] for r in records] == ["ExecutorWithExternalLauncher"] * 2
     assert [(r["rank"], r["worker_rank"], r["local_rank"], r["device"]) for r in records] == [
         (0, 0, 0, "cpu"), (1, 1, 1, "cpu")]
@@ -348,12 +353,7 @@ if record["rank"] == 0:
 def test_under_fsdp_the_push_gives_the_engine_the_weights_it_gets_under_ddp(tmp_path):
     """trainer.strategy=fsdp: each rank's engine holds exactly what an unsharded push gives it (fused
     q/k/v and gate/up included), LoRA merged too, and answers as Hugging Face does on those weights."""
-    script, out = tmp_path / "rank.py", tmp_path / "records.json"
-    script.write_text(FSDP_PUSH)
-    proc = subprocess.run([*TORCHRUN, str(script), str(out), str(Path(__file__).parent)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **ENV})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(out.read_text())
+    records = torchrun_records(tmp_path, FSDP_PUSH)
     assert [r["rank"] for r in records] == [0, 1]
     for record in records:
         for kind in ("plain", "lora"):
