@@ -34,6 +34,11 @@ SECONDS_SOURCES = {
     "elapsed": "time/elapsed_s (no perf/eval_s in the run: evaluation and checkpoint writing included)",
 }
 MISSING = "\0missing"
+# Keys added to the schema after runs were written, with the value under which a newer run measured what
+# an older run (without the key) measured. dataset.long_prompts: before it, every prompt was used; a run
+# that finished under `refuse` had no prompt over the limit, so the older run on the same dataset used
+# the same prompts (`drop` may have left some out: it stays a difference).
+ADDED_LATER = {"dataset.long_prompts": "refuse"}
 # Evaluation settings every compared run must share: eval.* keys that change what is measured, and the
 # dataset.* keys that define the held-out set or its grading (all but these training-side ones).
 EVAL_KEYS = ("eval.limit", "eval.samples", "trainer.eval_every", "trainer.eval_dense_until")
@@ -106,6 +111,8 @@ def load_run(path: Path | str) -> Run:
     except Exception as e:  # noqa: BLE001 - any YAML/OmegaConf error becomes one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CompareError(f"{config_file}: unreadable config ({first}); restore it from the run") from None
+    for key, value in ADDED_LATER.items():
+        config.setdefault(key, value)
     return Run(path, config, sorted(rows, key=lambda r: r["step"]))
 
 

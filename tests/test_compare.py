@@ -28,6 +28,7 @@ from lrn.runs import (
     choose_metric,
     find_baseline,
     group_runs,
+    load_run,
     run_curve,
     varying_keys,
 )
@@ -372,6 +373,22 @@ def test_mixed_evaluation_settings_are_refused():
     assert str(e.value).startswith("runs were evaluated differently: trainer.eval_every = 10 (1 run(s), "
                                    "e.g. a) vs 5 (1 run(s), e.g. b); eval.limit = null (1 run(s), e.g. a) vs "
                                    "100 (1 run(s), e.g. b); ")
+
+
+def test_runs_from_before_long_prompts_existed_compare_with_refuse_runs(tmp_path):
+    # Runs written before issue 20 have no dataset.long_prompts. A finished run under `refuse` had no
+    # prompt over the limit, so the older run (same dataset) used the same prompts: one group, no refusal.
+    evals = {0: 0.1, 10: 0.5}
+    old = make_run(tmp_path / "old", make_rows(evals))
+    new = make_run(tmp_path / "new", make_rows(evals), seed=1, **{"dataset.long_prompts": "refuse"})
+    runs = [load_run(old), load_run(new)]
+    check_same_evaluation(runs)
+    assert list(group_runs(runs)) == ["all"]
+    assert runs[0].config["dataset.long_prompts"] == "refuse"
+    # `drop` may have dropped held-out questions the older code kept: still refused
+    dropped = make_run(tmp_path / "drop", make_rows(evals), seed=2, **{"dataset.long_prompts": "drop"})
+    with pytest.raises(CompareError, match="evaluated differently: dataset.long_prompts = refuse "):
+        check_same_evaluation([*runs, load_run(dropped)])
 
 
 # --- grouping and baseline ------------------------------------------------------------------------------
