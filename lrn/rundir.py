@@ -9,7 +9,7 @@ While a run or a resume goes on, its process holds an exclusive ``flock`` on ``<
 line naming the holder. The kernel drops the lock when the holder ends, however it ends: a crash
 leaves the file behind, but a file nobody holds blocks nothing.
 
-``lrn train`` takes the lock before Hydra writes ``.hydra/`` or its log file (``lrn/cli.py``), so a
+``lrn train`` takes the lock before Hydra writes ``.hydra/`` or its log file (``lrn/commands/train.py``), so a
 refused command leaves the directory it was refused for exactly as it was.
 """
 

@@ -264,7 +264,7 @@ def without_timings(rows: list[dict]) -> list[dict]:
 
 
 # What a rank of `lrn train` does around its process group: join it, import the trainer lazily (as
-# lrn.cli's train_job does, so after the join), communicate, leave; then list its native threads.
+# lrn.commands.train's train_job does, so after the join), communicate, leave; then list its native threads.
 RANK_EXIT = """
 import json, os, sys
 from lrn import distributed, sharding
