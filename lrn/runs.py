@@ -34,11 +34,12 @@ SECONDS_SOURCES = {
     "elapsed": "time/elapsed_s (no perf/eval_s in the run: evaluation and checkpoint writing included)",
 }
 MISSING = "\0missing"
-# Keys added to the schema after runs were written, with the value under which a newer run measured what
-# an older run (without the key) measured. dataset.long_prompts: before it, every prompt was used; a run
-# that finished under `refuse` had no prompt over the limit, so the older run on the same dataset used
-# the same prompts (`drop` may have left some out: it stays a difference).
-ADDED_LATER = {"dataset.long_prompts": "refuse"}
+# Keys added to the schema after runs were written, with the value under which a newer run did what an
+# older run (without the key) did. dataset.long_prompts: before it, every prompt was used; a run that
+# finished under `refuse` had no prompt over the limit, so the older run on the same dataset used the same
+# prompts (`drop` may have left some out: it stays a difference). trainer.strategy: before it, every
+# process held the whole model and gradients were averaged across processes, which is `ddp`.
+ADDED_LATER = {"dataset.long_prompts": "refuse", "trainer.strategy": "ddp"}
 # Evaluation settings every compared run must share: eval.* keys that change what is measured, and the
 # dataset.* keys that define the held-out set or its grading (all but these training-side ones).
 EVAL_KEYS = ("eval.limit", "eval.samples", "trainer.eval_every", "trainer.eval_dense_until")

@@ -375,7 +375,7 @@ def test_mixed_evaluation_settings_are_refused():
                                    "100 (1 run(s), e.g. b); ")
 
 
-def test_runs_from_before_long_prompts_existed_compare_with_refuse_runs(tmp_path):
+def test_runs_from_before_a_key_existed_compare_with_runs_at_its_old_behaviour(tmp_path):
     # Runs written before issue 20 have no dataset.long_prompts. A finished run under `refuse` had no
     # prompt over the limit, so the older run (same dataset) used the same prompts: one group, no refusal.
     evals = {0: 0.1, 10: 0.5}
@@ -385,6 +385,10 @@ def test_runs_from_before_long_prompts_existed_compare_with_refuse_runs(tmp_path
     check_same_evaluation(runs)
     assert list(group_runs(runs)) == ["all"]
     assert runs[0].config["dataset.long_prompts"] == "refuse"
+    # likewise runs from before trainer.strategy (one strategy then: ddp's) group with ddp runs, not fsdp
+    ddp = make_run(tmp_path / "ddp", make_rows(evals), seed=3, **{"trainer.strategy": "ddp"})
+    fsdp = make_run(tmp_path / "fsdp", make_rows(evals), seed=4, **{"trainer.strategy": "fsdp"})
+    assert [len(g) for g in group_runs([*runs, load_run(ddp), load_run(fsdp)]).values()] == [3, 1]
     # `drop` may have dropped held-out questions the older code kept: still refused
     dropped = make_run(tmp_path / "drop", make_rows(evals), seed=2, **{"dataset.long_prompts": "drop"})
     with pytest.raises(CompareError, match="evaluated differently: dataset.long_prompts = refuse "):
