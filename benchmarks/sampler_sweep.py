@@ -1,15 +1,16 @@
 """Benchmark: every sampler vs uniform (same batch) vs compute-matched uniform (4x the batch).
 
-Runs the README's sampler sweep with the real CLI (or reads an existing sweep directory) and prints,
+Runs a sampler sweep with the real CLI (or reads an existing sweep directory) and prints,
 side by side from the same sweep: steps-to-target, tokens-to-target and seconds-to-target of each
 group with their ratio to the uniform baseline, and time per step relative to uniform.
 
 Runs are sequential (one process, all cores) and interleaved seed by seed, so that a slower or busier
 stretch of the machine hits every sampler alike. Held-out accuracy is evaluated every 5 steps (so a 4x
 speed-up is resolvable), on the test split by default; ``--split validation`` evaluates on the
-arithmetic task's validation split instead, where every design choice was made (README).
+arithmetic task's validation split instead, where design work belongs. The published comparison
+(docs/results.md) follows its own protocol: 60 steps, 10 paired seeds, two runs at a time.
 
-    python benchmarks/sampler_sweep.py                       # the README's tables (see README for the time)
+    python benchmarks/sampler_sweep.py                       # every sampler, 3 seeds, test split
     python benchmarks/sampler_sweep.py --seeds 0 --steps 30 --samplers uniform,frontier --split validation
     python benchmarks/sampler_sweep.py --sweep-dir outputs/benchmarks/<date>   # re-read a sweep
 """
